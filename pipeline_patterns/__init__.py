@@ -1,0 +1,1 @@
+"""pipeline_patterns: classic pipeline-orchestration patterns as a Dagster code location."""

@@ -1,0 +1,1 @@
+"""What Dagster loads: partitions, resources, assets. Found by `dg.load_from_defs_folder`."""

@@ -1,0 +1,2 @@
+"""The assets, one module per layer: raw (landing), regional (fan-out), global_merge (fan-in),
+aggregates."""

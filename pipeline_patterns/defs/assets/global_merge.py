@@ -1,0 +1,31 @@
+"""global_orders: every region's orders of a day in one table, amounts in USD (pattern: fan-in).
+
+Depends on all regional assets for the same days, so it runs only after every region succeeded.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key, single_run
+from pipeline_patterns.defs.sources import FxRates
+from pipeline_patterns.lib.orders import fx_day, orders_in_usd
+
+
+@dg.asset(
+    ins={region_key(r): dg.AssetIn(key=["regional_orders", region_key(r)]) for r in REGIONS},
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    group_name="global",
+    io_manager_key="lake_io_manager",
+    kinds={"pyarrow", "delta"},
+    description="All regions' orders of a day, with the day's FX rate and the amount in USD.",
+)
+def global_orders(context: dg.AssetExecutionContext, fx_rates: FxRates, **regional: pa.Table) -> pa.Table:
+    orders = pa.concat_tables(regional.values())
+    days = [dt.date.fromisoformat(d) for d in pc.unique(fx_day(orders["event_ts"])).to_pylist()]
+    rates = fx_rates.rates(pc.unique(orders["currency"]).to_pylist(), days)
+    context.add_output_metadata({"regions": len(regional), "fx_rates": rates.num_rows})
+    return orders_in_usd(orders, rates)

@@ -1,0 +1,26 @@
+"""The one daily partitions definition, the regions, and the day window of a run (pattern:
+partitioned assets; backfills as ranges)."""
+
+import dagster as dg
+
+from pipeline_patterns.lib.delta_writes import DayWindow
+
+# Adding a region is one line here; the simulator sells in USD where it knows no currency for it.
+REGIONS = ["us-east", "us-west", "eu-west", "ap-south"]
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01")
+
+# A range backfill runs as ONE run whose assets each read and write the whole window in one
+# transaction: one Spark session, one Delta commit per table (see README "Backfills").
+single_run = dg.BackfillPolicy.single_run()
+
+
+def region_key(region: str) -> str:
+    """'us-east' -> 'us_east' (asset keys allow no dashes)."""
+    return region.replace("-", "_")
+
+
+def day_window(context: dg.AssetExecutionContext) -> DayWindow:
+    """The days a run materializes: one partition or a whole backfill range."""
+    window = context.partition_time_window
+    return DayWindow(window.start.date(), window.end.date())

@@ -1,0 +1,42 @@
+"""The resources, one instance per key, configured from `environment.py` (pattern: swappable
+infrastructure: local Spark and a local lake by default, a cluster and object storage by
+environment)."""
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from pipeline_patterns import environment
+from pipeline_patterns.defs.lake import DeltaLakeIOManager, LandingIOManager, LandingZone
+from pipeline_patterns.defs.sources import FxRates, OrdersSource
+
+
+def spark_config() -> dict[str, str]:
+    return {
+        "spark.master": environment.spark_master(),
+        "spark.app.name": "pipeline_patterns",
+        "spark.driver.memory": environment.spark_driver_memory(),
+        "spark.sql.session.timeZone": "UTC",
+        # A day of a region is a few thousand rows: a few shuffle partitions, not the default 200.
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.showConsoleProgress": "false",
+    }
+
+
+def build_resources(data_dir: Path) -> dict[str, object]:
+    """Every resource the assets use, for a data dir (tests pass a temporary one)."""
+    return {
+        "spark": PySparkResource(spark_config=spark_config()),
+        "landing": LandingZone(root=str(data_dir / "landing")),
+        "landing_io_manager": LandingIOManager(root=str(data_dir / "landing")),
+        "lake_io_manager": DeltaLakeIOManager(lake_uri=str(data_dir / "lake")),
+        "orders_source": OrdersSource(),
+        "fx_rates": FxRates(),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources(environment.data_dir()))

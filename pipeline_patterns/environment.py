@@ -1,0 +1,26 @@
+"""The only module that reads the environment: where data lives and where Spark runs.
+
+Everything else receives these values as resource configuration, so the same code runs on a
+laptop (the defaults) and on a cluster (set the variables).
+"""
+
+import os
+from pathlib import Path
+
+DATA_DIR_VAR = "PIPELINE_PATTERNS_DATA_DIR"
+SPARK_MASTER_VAR = "PIPELINE_PATTERNS_SPARK_MASTER"
+SPARK_DRIVER_MEMORY_VAR = "PIPELINE_PATTERNS_SPARK_DRIVER_MEMORY"
+
+
+def data_dir() -> Path:
+    """The data dir (landing zone and Delta lake): $PIPELINE_PATTERNS_DATA_DIR, default ./data."""
+    return Path(os.environ.get(DATA_DIR_VAR) or "data").resolve()
+
+
+def spark_master() -> str:
+    """The Spark master URL: $PIPELINE_PATTERNS_SPARK_MASTER, default local[*]."""
+    return os.environ.get(SPARK_MASTER_VAR) or "local[*]"
+
+
+def spark_driver_memory() -> str:
+    return os.environ.get(SPARK_DRIVER_MEMORY_VAR) or "4g"

@@ -1,0 +1,82 @@
+"""The immutable landing zone: files exactly as the source delivered them (pattern: raw layer).
+
+Each extraction of a region-day writes its files into a directory of its own, named by the Dagster
+run id, and only then points the region-day's manifest at it with an atomic rename. A run killed
+half-way leaves an orphan directory that no reader sees; a re-run lands a complete new copy and
+switches the manifest; files once written are never modified.
+
+    <root>/<region>/<day>/<run_id>/<batch_id>.csv
+    <root>/<region>/<day>/_manifest.json      -> the extraction readers use
+"""
+
+import dataclasses
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+MANIFEST = "_manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    region: str
+    day: str
+    run_id: str
+    files: list[str]
+    bytes: int
+    landed_at: str
+
+
+def region_day_dir(root: Path, region: str, day: dt.date) -> Path:
+    return root / region / day.isoformat()
+
+
+def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> Manifest:
+    """Write one extraction's files, then publish them atomically through the manifest."""
+    target = region_day_dir(root, region, day)
+    run_dir = target / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, payload in files.items():
+        (run_dir / name).write_bytes(payload)
+    manifest = Manifest(
+        region=region,
+        day=day.isoformat(),
+        run_id=run_id,
+        files=[str(run_dir / name) for name in sorted(files)],
+        bytes=sum(len(p) for p in files.values()),
+        landed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    tmp = target / f".{MANIFEST}.{run_id}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(manifest), indent=1))
+    os.replace(tmp, target / MANIFEST)  # atomic: readers see the old or the new extraction
+    return manifest
+
+
+def read_manifest(root: Path, region: str, day: dt.date) -> Manifest | None:
+    path = region_day_dir(root, region, day) / MANIFEST
+    if not path.exists():
+        return None
+    return Manifest(**json.loads(path.read_text()))
+
+
+class MissingLandingDataError(FileNotFoundError):
+    """Some region-days of a window have no landed extraction yet."""
+
+
+def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
+    """The files of the current extraction of every day, or a clear error naming missing days."""
+    files: list[str] = []
+    missing: list[str] = []
+    for day in days:
+        manifest = read_manifest(root, region, day)
+        if manifest is None:
+            missing.append(day.isoformat())
+        else:
+            files.extend(manifest.files)
+    if missing:
+        raise MissingLandingDataError(
+            f"no landed data for region {region} on {', '.join(missing)} under {root}: "
+            f"materialize raw_orders/{region.replace('-', '_')} for those days first"
+        )
+    return files

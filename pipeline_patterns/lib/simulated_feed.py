@@ -1,0 +1,255 @@
+"""The deterministic regional order feed, its defects, and simulated FX rates (the source system).
+
+Same (region, day, seed) always gives the same records, so every run, test and benchmark can be
+checked exactly. The feed has the defects real feeds have, on deterministic region-days:
+- duplicate deliveries: some orders are delivered again in a later "redelivery" batch;
+- late records: orders whose event time belongs to an earlier day;
+- bad region-days (rare): null user_ids on part of the rows, or a collapsed volume;
+- transient failures and outages of the feed itself (see `FeedFaults`).
+`region_day_defects` tells which region-day carries which defect without generating the rows
+(the `pipeline-patterns source defects` command prints it).
+"""
+
+import dataclasses
+import datetime as dt
+import math
+import random
+import zlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+# What each region sells in; the first currency is the main one. A region missing here sells in USD.
+CURRENCIES_BY_REGION: dict[str, tuple[str, ...]] = {
+    "us-east": ("USD",),
+    "us-west": ("USD", "MXN"),
+    "eu-west": ("EUR", "GBP"),
+    "ap-south": ("INR", "SGD"),
+}
+# USD per unit, the level the simulated FX rates move around.
+BASE_USD_RATES: dict[str, float] = {
+    "USD": 1.0,
+    "EUR": 1.09,
+    "GBP": 1.27,
+    "MXN": 0.058,
+    "INR": 0.012,
+    "SGD": 0.74,
+    "CAD": 0.74,
+}
+
+RECORD_FIELDS = (
+    "order_id",
+    "user_id",
+    "region",
+    "amount",
+    "currency",
+    "event_ts",
+    "batch_id",
+    "delivered_at",
+)
+REDELIVERY_BATCH = "redelivery"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedSettings:
+    """Volume and defect rates of the simulated feed (realistic, low defaults)."""
+
+    seed: int = 7
+    orders_per_day: int = 5000
+    batches_per_day: int = 4
+    duplicate_rate: float = 0.005
+    late_rate: float = 0.01
+    null_user_day_rate: float = 0.02
+    null_user_fraction: float = 0.2
+    collapsed_volume_day_rate: float = 0.02
+    collapsed_volume_fraction: float = 0.02
+    users_per_region: int = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionDayDefects:
+    """What is wrong with one region-day of the feed, known before generating it."""
+
+    region: str
+    day: dt.date
+    orders: int
+    duplicate_deliveries: int
+    late_records: int
+    null_user_ids: int
+    collapsed_volume: bool
+
+    @property
+    def defects(self) -> list[str]:
+        names = []
+        if self.duplicate_deliveries:
+            names.append("duplicate_deliveries")
+        if self.late_records:
+            names.append("late_records")
+        if self.null_user_ids:
+            names.append("null_user_ids")
+        if self.collapsed_volume:
+            names.append("collapsed_volume")
+        return names
+
+    def as_json(self) -> dict:
+        return {
+            "region": self.region,
+            "day": self.day.isoformat(),
+            "defects": self.defects,
+            "orders": self.orders,
+            "duplicate_deliveries": self.duplicate_deliveries,
+            "late_records": self.late_records,
+            "null_user_ids": self.null_user_ids,
+            "collapsed_volume": self.collapsed_volume,
+        }
+
+
+def _stable_id(text: str) -> int:
+    # hash() is salted per process; crc32 is the same everywhere.
+    return zlib.crc32(text.encode())
+
+
+def _rng(seed: int, *parts: str | int) -> np.random.Generator:
+    return np.random.default_rng(
+        [seed] + [p if isinstance(p, int) else _stable_id(p) for p in parts]
+    )
+
+
+def region_day_defects(region: str, day: dt.date, settings: FeedSettings) -> RegionDayDefects:
+    rng = _rng(settings.seed, "defects", region, day.toordinal())
+    null_draw, collapse_draw = rng.random(2)
+    collapsed = bool(collapse_draw < settings.collapsed_volume_day_rate)
+    orders = settings.orders_per_day
+    if collapsed:
+        orders = max(1, int(orders * settings.collapsed_volume_fraction))
+    null_users = 0
+    if null_draw < settings.null_user_day_rate:
+        null_users = max(1, int(orders * settings.null_user_fraction))
+    return RegionDayDefects(
+        region=region,
+        day=day,
+        orders=orders,
+        duplicate_deliveries=int(rng.binomial(orders, settings.duplicate_rate)),
+        late_records=int(rng.binomial(orders, settings.late_rate)),
+        null_user_ids=null_users,
+        collapsed_volume=collapsed,
+    )
+
+
+def _iso(ts_seconds: np.ndarray) -> list[str]:
+    return np.datetime_as_string(ts_seconds.astype("datetime64[s]"), unit="s", timezone="UTC").tolist()
+
+
+def region_day_deliveries(
+    region: str, day: dt.date, settings: FeedSettings
+) -> dict[str, pa.Table]:
+    """The batches the feed delivers for one region-day: batch id -> records (all strings, as
+    received). Orders delivered twice appear in the final `redelivery` batch."""
+    defects = region_day_defects(region, day, settings)
+    n = defects.orders
+    rng = _rng(settings.seed, "orders", region, day.toordinal())
+    day_start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+    seconds = np.sort(rng.integers(0, 86_400, n))
+    batches = settings.batches_per_day
+    batch_index = seconds * batches // 86_400
+    event_ts = day_start + seconds
+    late = rng.choice(n, size=defects.late_records, replace=False)
+    event_ts[late] -= rng.integers(1, 4, size=late.size) * 86_400
+
+    user_ids = np.char.add("u", np.char.zfill(rng.integers(0, settings.users_per_region, n).astype(str), 6))
+    user_ids = user_ids.astype(object)
+    user_ids[rng.choice(n, size=defects.null_user_ids, replace=False)] = None
+
+    currencies = CURRENCIES_BY_REGION.get(region, ("USD",))
+    weights = np.array([0.8] + [0.2 / (len(currencies) - 1)] * (len(currencies) - 1)) if len(currencies) > 1 else None
+    currency = rng.choice(np.array(currencies), size=n, p=weights)
+    usd_value = rng.lognormal(mean=3.6, sigma=0.8, size=n)
+    base = np.array([BASE_USD_RATES[c] for c in currency])
+    amount = np.round(usd_value / base, 2)
+
+    ymd = day.strftime("%Y%m%d")
+    order_ids = np.char.add(f"{region}-{ymd}-", np.char.zfill(np.arange(n).astype(str), 6))
+    batch_ids = np.char.add(f"{region}-{ymd}-b", np.char.zfill(batch_index.astype(str), 2))
+    delivered_at = day_start + (batch_index + 1) * (86_400 // batches) + 300
+
+    columns = {
+        "order_id": order_ids.tolist(),
+        "user_id": user_ids.tolist(),
+        "region": [region] * n,
+        "amount": [f"{a:.2f}" for a in amount],
+        "currency": currency.tolist(),
+        "event_ts": _iso(event_ts),
+        "batch_id": batch_ids.tolist(),
+        "delivered_at": _iso(delivered_at),
+    }
+    schema = pa.schema([(name, pa.string()) for name in RECORD_FIELDS])
+    records = pa.table(columns, schema=schema)
+    deliveries = {
+        bid: records.filter(pa.compute.equal(records["batch_id"], bid))
+        for bid in sorted(set(columns["batch_id"]))
+    }
+    dup = np.sort(rng.choice(n, size=defects.duplicate_deliveries, replace=False))
+    if dup.size:
+        redelivery_id = f"{region}-{ymd}-{REDELIVERY_BATCH}"
+        again = records.take(pa.array(dup))
+        again = again.set_column(
+            again.schema.get_field_index("batch_id"), "batch_id", pa.array([redelivery_id] * dup.size)
+        )
+        again = again.set_column(
+            again.schema.get_field_index("delivered_at"),
+            "delivered_at",
+            pa.array(_iso(np.full(dup.size, day_start + 86_400 + 3_600))),
+        )
+        deliveries[redelivery_id] = again
+    return deliveries
+
+
+def expected_orders(region: str, day: dt.date, settings: FeedSettings) -> pa.Table:
+    """One row per distinct order of a region-day, as a correct pipeline must keep it
+    (the latest delivery of each order). Used by tests and the idempotency proof."""
+    records = pa.concat_tables(region_day_deliveries(region, day, settings).values())
+    records = records.sort_by([("order_id", "ascending"), ("delivered_at", "descending")])
+    order_ids = records["order_id"].to_pylist()
+    keep = [i for i, oid in enumerate(order_ids) if i == 0 or order_ids[i - 1] != oid]
+    return records.take(pa.array(keep))
+
+
+def days_between(start: dt.date, end: dt.date) -> Iterator[dt.date]:
+    """Days in [start, end)."""
+    for offset in range((end - start).days):
+        yield start + dt.timedelta(days=offset)
+
+
+def usd_rate(currency: str, day: dt.date, seed: int = 7) -> float:
+    """Simulated USD per unit of `currency` on `day`: a slow seasonal swing plus daily noise."""
+    if currency not in BASE_USD_RATES:
+        raise KeyError(f"no FX rate for unknown currency {currency!r}")
+    if currency == "USD":
+        return 1.0
+    phase = (_stable_id(currency) % 628) / 100
+    noise = _rng(seed, "fx", currency, day.toordinal()).normal(0, 0.004)
+    swing = 0.03 * math.sin(2 * math.pi * day.toordinal() / 365 + phase)
+    return round(BASE_USD_RATES[currency] * math.exp(swing + noise), 6)
+
+
+class SourceUnavailableError(ConnectionError):
+    """The feed did not answer (a timeout, a 5xx, a refused connection): worth retrying."""
+
+
+@dataclasses.dataclass
+class FeedFaults:
+    """Fault injection for the simulated feed: a share of calls fail at random, and the feed is
+    down during outage windows (wall-clock UTC, [start, end))."""
+
+    failure_rate: float = 0.0
+    outages: Sequence[tuple[dt.datetime, dt.datetime]] = ()
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+
+    def check(self, what: str, now: dt.datetime | None = None) -> None:
+        now = now or dt.datetime.now(dt.UTC)
+        for start, end in self.outages:
+            if start <= now < end:
+                raise SourceUnavailableError(f"{what}: the feed is down (outage until {end.isoformat()})")
+        if self.failure_rate and self.rng.random() < self.failure_rate:
+            raise SourceUnavailableError(f"{what}: the feed timed out (simulated transient failure)")
