@@ -3,10 +3,10 @@ idempotent writes, readable partitions).
 
 `DeltaLakeIOManager` stores each asset as one Delta table under `lake_uri/<asset key path>` and
 replaces exactly the day window a run materializes (one partition or a whole backfill range) in
-one transaction whose commit metadata carries the Dagster run id. It exists because
-dagster-deltalake's IO manager writes and reads only the first day of a window and reads through
-the pyarrow-dataset bridge that aborts processes at exit (FACTS.md); dagster-deltalake still
-provides the storage configuration classes (`LocalConfig`, `S3Config`, ...).
+one transaction whose commit metadata carries the Dagster run id. It replaces dagster-deltalake's
+IO manager, which writes and reads only the first day of a window, can overwrite a whole table
+after a swallowed error, and reads through the pyarrow-dataset bridge that aborts processes at
+exit (FACTS.md). `lake_uri` may be object storage (s3://...), with delta-rs `storage_options`.
 """
 
 import datetime as dt
@@ -15,8 +15,6 @@ import pathlib
 import dagster as dg
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from dagster_deltalake import LocalConfig, S3Config
-from pydantic import Field
 
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import DayWindow, overwrite_table, read_table, replace_window
@@ -35,7 +33,7 @@ class DeltaLakeIOManager(dg.ConfigurableIOManager):
     replaces exactly its day window in one Delta transaction; re-running it leaves the same rows."""
 
     lake_uri: str
-    storage: LocalConfig | S3Config = Field(default=LocalConfig(), discriminator="provider")
+    storage_options: dict[str, str] = {}
 
     def table_uri(self, asset_key: dg.AssetKey) -> str:
         return "/".join([self.lake_uri.rstrip("/"), *asset_key.path])
@@ -56,7 +54,7 @@ class DeltaLakeIOManager(dg.ConfigurableIOManager):
             "dagster_asset_key": context.asset_key.to_user_string(),
             "dagster_partitions": str(window) if window else "",
         }
-        options = self.storage.str_dict()
+        options = self.storage_options
         if window is None:
             result = overwrite_table(uri, obj, commit_metadata=commit, storage_options=options)
         else:
@@ -81,7 +79,7 @@ class DeltaLakeIOManager(dg.ConfigurableIOManager):
             self.table_uri(context.asset_key),
             _window(context),
             partition_column=self._partition_column(context),
-            storage_options=self.storage.str_dict(),
+            storage_options=self.storage_options,
         )
 
 

@@ -99,23 +99,36 @@ def replace_window(
     schema = first.schema
     rows = 0
 
+    producer_error: list[BaseException] = []
+
     def batches() -> Iterable[pa.RecordBatch]:
         nonlocal rows
-        for table in itertools.chain([first], chunks):
-            table = table.cast(schema) if table.schema != schema else table
-            _check_inside(table, partition_column, window, uri)
-            rows += table.num_rows
-            yield from table.to_batches()
+        try:
+            for table in itertools.chain([first], chunks):
+                table = table.cast(schema) if table.schema != schema else table
+                _check_inside(table, partition_column, window, uri)
+                rows += table.num_rows
+                yield from table.to_batches()
+        except BaseException as error:
+            producer_error.append(error)
+            raise
 
-    write_deltalake(
-        uri,
-        pa.RecordBatchReader.from_batches(schema, batches()),
-        mode="overwrite",
-        partition_by=[partition_column],
-        predicate=window.predicate(partition_column),
-        commit_properties=CommitProperties(custom_metadata=dict(commit_metadata or {})),
-        storage_options=dict(storage_options or {}),
-    )
+    try:
+        write_deltalake(
+            uri,
+            pa.RecordBatchReader.from_batches(schema, batches()),
+            mode="overwrite",
+            partition_by=[partition_column],
+            predicate=window.predicate(partition_column),
+            commit_properties=CommitProperties(custom_metadata=dict(commit_metadata or {})),
+            storage_options=dict(storage_options or {}),
+        )
+    except Exception as error:
+        # delta-rs wraps an error raised while producing the data in a generic DeltaError:
+        # surface the original one, which says what went wrong.
+        if producer_error:
+            raise producer_error[0] from error
+        raise
     version = DeltaTable(uri, storage_options=dict(storage_options or {})).version()
     return WriteResult(table_uri=uri, version=version, rows=rows)
 

@@ -22,7 +22,7 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, orders_source: OrdersSource, landing: LandingZone
     ) -> dg.MaterializeResult:
         manifests = [
-            landing.land(region, day, context.run_id, orders_source.fetch(region, day))
+            landing.land(region, day, context.run.run_id, orders_source.fetch(region, day))
             for day in day_window(context).days
         ]
         return dg.MaterializeResult(

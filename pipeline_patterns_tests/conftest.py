@@ -1,0 +1,72 @@
+"""Shared fixtures: one Spark session for the whole suite, and small, isolated pipelines."""
+
+import pathlib
+
+import dagster as dg
+import pytest
+from pyspark.sql import SparkSession
+
+from pipeline_patterns.defs.resources import build_resources, spark_config
+from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.definitions import defs
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Small volumes keep the suite fast; the benchmark runs the default volume and more.
+TEST_ORDERS_PER_DAY = 400
+
+
+@pytest.fixture(scope="session")
+def spark() -> SparkSession:
+    """The suite's one Spark session; PySparkResource's getOrCreate() picks it up."""
+    builder = SparkSession.builder
+    for key, value in {**spark_config(), "spark.master": "local[2]"}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()
+
+
+def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, object]:
+    return {
+        **build_resources(data_dir),
+        "orders_source": OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, **source_config),
+    }
+
+
+def pipeline_defs(data_dir: pathlib.Path, **source_config) -> dg.Definitions:
+    """The project's assets over a data dir of the test's own."""
+    return dg.Definitions(
+        assets=list(defs.assets or []),
+        resources=pipeline_resources(data_dir, **source_config),
+        executor=dg.in_process_executor,
+    )
+
+
+def all_assets() -> list[dg.AssetsDefinition]:
+    return [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+
+
+def materialize(
+    data_dir: pathlib.Path,
+    instance: dg.DagsterInstance,
+    *,
+    partition: str | None = None,
+    first: str | None = None,
+    last: str | None = None,
+    selection: str | list[str] | None = None,
+    raise_on_error: bool = True,
+    **source_config,
+) -> dg.ExecuteInProcessResult:
+    """Materialize the daily graph for one partition, or a range [first, last] in ONE run."""
+    tags = {}
+    if first:
+        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    return dg.materialize(
+        all_assets(),
+        selection=selection,
+        partition_key=partition,
+        tags=tags,
+        resources=pipeline_resources(data_dir, **source_config),
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )

@@ -1,0 +1,61 @@
+"""`dagster asset materialize` as a CI job runs it, and a run killed at any instant recovers."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from deltalake import DeltaTable
+
+from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns_tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.subprocess
+
+TABLES = ["regional_orders/us_east", "regional_orders/us_west", "regional_orders/eu_west",
+          "regional_orders/ap_south", "global_orders", "daily_revenue"]
+# the dagster of the interpreter running the tests, whether or not its venv is activated
+COMMAND = [str(pathlib.Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipeline_patterns.definitions",
+           "--select", "*daily_revenue", "--partition", "2024-01-02"]
+
+
+def environment(base: pathlib.Path) -> dict[str, str]:
+    home = base / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(base / "data")}
+
+
+def hashes(base: pathlib.Path) -> dict[str, str]:
+    return {t: content_hash(read_table(str(base / "data" / "lake" / t))) for t in TABLES}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> pathlib.Path:
+    base = tmp_path_factory.mktemp("cli")
+    subprocess.run(COMMAND, cwd=PROJECT_ROOT, env=environment(base), check=True, capture_output=True)
+    return base
+
+
+def test_materialize_one_partition_from_the_cli(clean_run):
+    revenue = read_table(str(clean_run / "data" / "lake" / "daily_revenue"))
+    assert revenue["day"].to_pylist() == ["2024-01-02"] * 4
+    assert sorted(revenue["region"].to_pylist()) == ["ap-south", "eu-west", "us-east", "us-west"]
+    assert DeltaTable(str(clean_run / "data" / "lake" / "global_orders")).version() == 0
+
+
+def test_a_run_killed_mid_way_then_rerun_holds_exactly_what_a_clean_run_wrote(clean_run, tmp_path):
+    env = environment(tmp_path)
+    run = subprocess.Popen(COMMAND, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    lake = tmp_path / "data" / "lake" / "regional_orders"
+    deadline = time.time() + 120
+    while not (lake.exists() and any(lake.iterdir())) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the run process and its Spark JVM, mid-run
+    run.wait()
+    assert not (tmp_path / "data" / "lake" / "daily_revenue").exists(), "killed too late to prove anything"
+    subprocess.run(COMMAND, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
+    assert hashes(tmp_path) == hashes(clean_run)

@@ -1,0 +1,70 @@
+"""The code location's inventory and graph shape: an unintended change shows up as a diff here."""
+
+import subprocess
+import sys
+
+import dagster as dg
+
+from pipeline_patterns.definitions import defs
+from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns_tests.conftest import PROJECT_ROOT
+
+REGIONAL = [region_key(r) for r in REGIONS]
+
+
+def graph() -> dict[str, list[str]]:
+    assets = defs.resolve_asset_graph()
+    return {
+        key.to_user_string(): sorted(p.to_user_string() for p in assets.get(key).parent_keys)
+        for key in assets.get_all_asset_keys()
+    }
+
+
+def test_inventory_of_assets_and_groups():
+    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    assert sorted(specs) == sorted(
+        [f"raw_orders/{r}" for r in REGIONAL]
+        + [f"regional_orders/{r}" for r in REGIONAL]
+        + ["global_orders", "daily_revenue"]
+    )
+    assert {key: spec.group_name for key, spec in specs.items()} == {
+        **{f"raw_orders/{r}": "landing" for r in REGIONAL},
+        **{f"regional_orders/{r}": "regional" for r in REGIONAL},
+        "global_orders": "global",
+        "daily_revenue": "revenue",
+    }
+
+
+def test_the_graph_fans_out_per_region_and_fans_in_to_global_orders():
+    edges = graph()
+    for region in REGIONAL:
+        assert edges[f"raw_orders/{region}"] == []
+        assert edges[f"regional_orders/{region}"] == [f"raw_orders/{region}"]
+    assert edges["global_orders"] == sorted(f"regional_orders/{r}" for r in REGIONAL)
+    assert edges["daily_revenue"] == ["global_orders"]
+
+
+def test_every_asset_is_daily_partitioned_and_backfills_a_range_in_one_run():
+    for asset in defs.resolve_asset_graph().asset_nodes:
+        assert isinstance(asset.partitions_def, dg.DailyPartitionsDefinition), asset.key
+        assert asset.partitions_def.start.date().isoformat() == "2024-01-01"
+        assert asset.backfill_policy == dg.BackfillPolicy.single_run(), asset.key
+
+
+def test_one_run_shares_one_process_and_spark_session():
+    assert defs.resolve_job_def("__ASSET_JOB").executor_def == dg.in_process_executor
+
+
+def test_the_code_location_loads_without_warnings():
+    loaded = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import pipeline_patterns.definitions as d; d.defs.resolve_asset_graph()"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "Warning" not in loaded.stderr, loaded.stderr
+
+
+def test_ci_runs_the_readmes_test_command():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    command = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest'
+    assert command in readme
+    assert command in (PROJECT_ROOT / ".ci" / "run").read_text()
