@@ -6,6 +6,7 @@ import dagster as dg
 import pytest
 from pyspark.sql import SparkSession
 
+from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.resources import build_resources, spark_config
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.definitions import defs
@@ -13,6 +14,8 @@ from pipeline_patterns.definitions import defs
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Small volumes keep the suite fast; the benchmark runs the default volume and more.
 TEST_ORDERS_PER_DAY = 400
+# normal days pass, the simulator's collapsed days (2 % of the volume) fail
+TEST_MIN_ORDERS = 100
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +32,7 @@ def spark() -> SparkSession:
 def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, object]:
     return {
         **build_resources(data_dir),
+        "quality_gates": QualityGates(min_orders_per_day=TEST_MIN_ORDERS),
         "orders_source": OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, **source_config),
     }
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipeline_patterns.lib import landing
-from pipeline_patterns.lib.delta_writes import DayWindow, overwrite_table, read_table, replace_window
+from pipeline_patterns.lib.delta_writes import DayWindow, WriteResult, overwrite_table, read_table, replace_window
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
 
@@ -114,3 +114,25 @@ class LandingIOManager(dg.ConfigurableIOManager):
         files = landing.landed_files(pathlib.Path(self.root), region, window.days)
         options = pacsv.ConvertOptions(column_types={name: pa.string() for name in RECORD_FIELDS})
         return pa.concat_tables([pacsv.read_csv(f, convert_options=options) for f in files])
+
+
+class QuarantineTable(dg.ConfigurableResource):
+    """The Delta table `quarantined_orders`: the rows of region-days that failed a blocking gate,
+    with the failed checks, the reason, the run and the time. Partitioned by day and region; a
+    regional run replaces exactly its region's days, so a fixed day's quarantine rows go away."""
+
+    table_uri: str
+    storage_options: dict[str, str] = {}
+
+    def replace(self, region: str, window: DayWindow, rows: pa.Table, run_id: str) -> WriteResult:
+        return replace_window(
+            self.table_uri,
+            rows,
+            window,
+            match={"region": region},
+            commit_metadata={"dagster_run_id": run_id, "dagster_partitions": str(window), "region": region},
+            storage_options=self.storage_options,
+        )
+
+    def read(self, window: DayWindow | None = None) -> pa.Table:
+        return read_table(self.table_uri, window, storage_options=self.storage_options)

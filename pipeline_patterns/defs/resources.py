@@ -8,7 +8,8 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns import environment
-from pipeline_patterns.defs.lake import DeltaLakeIOManager, LandingIOManager, LandingZone
+from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.lake import DeltaLakeIOManager, LandingIOManager, LandingZone, QuarantineTable
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 
 
@@ -32,6 +33,8 @@ def build_resources(data_dir: Path) -> dict[str, object]:
         "landing": LandingZone(root=str(data_dir / "landing")),
         "landing_io_manager": LandingIOManager(root=str(data_dir / "landing")),
         "lake_io_manager": DeltaLakeIOManager(lake_uri=str(data_dir / "lake")),
+        "quarantine": QuarantineTable(table_uri=str(data_dir / "lake" / "quarantined_orders")),
+        "quality_gates": QualityGates(),
         "orders_source": OrdersSource(),
         "fx_rates": FxRates(),
     }

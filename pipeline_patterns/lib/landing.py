@@ -9,6 +9,7 @@ switches the manifest; files once written are never modified.
     <root>/<region>/<day>/_manifest.json      -> the extraction readers use
 """
 
+import csv
 import dataclasses
 import datetime as dt
 import json
@@ -72,11 +73,35 @@ def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
         manifest = read_manifest(root, region, day)
         if manifest is None:
             missing.append(day.isoformat())
-        else:
-            files.extend(manifest.files)
+            continue
+        lost = [f for f in manifest.files if not os.path.exists(f)]
+        if lost:
+            raise MissingLandingDataError(
+                f"landed file {lost[0]} of region {region} on {day} is missing (manifest "
+                f"{region_day_dir(root, region, day) / MANIFEST}): re-materialize raw_orders/"
+                f"{region.replace('-', '_')} for {day}"
+            )
+        files.extend(manifest.files)
     if missing:
         raise MissingLandingDataError(
             f"no landed data for region {region} on {', '.join(missing)} under {root}: "
             f"materialize raw_orders/{region.replace('-', '_')} for those days first"
         )
     return files
+
+
+def record_count(files: list[str]) -> int:
+    """Records landed: non-empty lines after each file's header, counted from the files
+    themselves so the row accounting does not trust the parser it audits."""
+    total = 0
+    for name in files:
+        with open(name, "rb") as handle:
+            lines = sum(1 for line in handle if line.strip())
+        total += max(lines - 1, 0)
+    return total
+
+
+def header(file: str) -> list[str]:
+    """The column names of a landed CSV file ([] for an empty file)."""
+    with open(file, newline="") as handle:
+        return next(csv.reader(handle), [])

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 # failing the whole file.
 LANDED_SCHEMA = (
     "order_id STRING, user_id STRING, region STRING, amount STRING, currency STRING, "
-    "event_ts STRING, batch_id STRING, delivered_at STRING"
+    "event_ts STRING, batch_id STRING, delivered_at STRING, _corrupt_record STRING"
 )
 # .../<region>/<day>/<run_id>/<batch>.csv -> <day>
 _DAY_FROM_PATH = r"/(\d{4}-\d{2}-\d{2})/[^/]+/[^/]+$"
@@ -38,7 +38,9 @@ REGIONAL_SCHEMA = pa.schema(
 def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
     """Typed, deduplicated orders of the landed files: one row per (day, order_id), the latest
     delivery kept; `deliveries` counts how many times the order was delivered."""
-    landed = spark.read.csv(files, header=True, schema=LANDED_SCHEMA, mode="PERMISSIVE")
+    landed = spark.read.csv(
+        files, header=True, schema=LANDED_SCHEMA, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record"
+    )
     typed = landed.select(
         F.trim("order_id").alias("order_id"),
         F.nullif(F.trim("user_id"), F.lit("")).alias("user_id"),
@@ -49,26 +51,42 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
         F.trim("batch_id").alias("batch_id"),
         F.try_to_timestamp(F.trim("delivered_at")).alias("delivered_at"),
         F.regexp_extract(F.col("_metadata.file_path"), _DAY_FROM_PATH, 1).alias("day"),
+        F.concat_ws(
+            ",",
+            F.when(F.col("_corrupt_record").isNotNull(), F.lit("malformed_line")),
+            *[_unparsed(name, kind) for name, kind in [("amount", "double"), ("event_ts", "ts"), ("delivered_at", "ts")]],
+        ).alias("parse_errors"),
     )
     # Deduplicate within a day only: the result of a day must not depend on which other days
     # share its run, or a range backfill and day-by-day runs would disagree.
-    latest_first = Window.partitionBy("day", "order_id").orderBy(
+    # Rows without an order_id are never merged with each other: each is kept (and quarantined).
+    order_key = F.coalesce("order_id", F.concat(F.lit("\u0000"), F.monotonically_increasing_id()))
+    latest_first = Window.partitionBy("day", order_key).orderBy(
         F.desc_nulls_last("delivered_at"), F.desc("batch_id")
     )
     return (
         typed.withColumn("_rank", F.row_number().over(latest_first))
-        .withColumn("deliveries", F.count(F.lit(1)).over(Window.partitionBy("day", "order_id")))
+        .withColumn("deliveries", F.count(F.lit(1)).over(Window.partitionBy("day", order_key)))
         .where("_rank = 1")
         .drop("_rank")
     )
 
 
+def _unparsed(name: str, kind: str):
+    """The field's name where a non-empty value did not parse, else null."""
+    raw = F.trim(F.col(name))
+    typed = F.expr(f"try_cast(trim({name}) AS DOUBLE)") if kind == "double" else F.try_to_timestamp(raw)
+    return F.when((F.length(raw) > 0) & typed.isNull(), F.lit(name))
+
+
 def regional_orders_table(spark: SparkSession, files: list[str]) -> tuple[pa.Table, int]:
-    """The clean orders as Arrow, and how many duplicate deliveries were dropped."""
+    """The deduplicated orders as Arrow (with `parse_errors`: which fields of a row did not
+    parse), and how many duplicate deliveries were dropped."""
     table = regional_orders_frame(spark, files).toArrow()
     duplicates = pc.sum(table["deliveries"]).as_py() or 0
-    table = table.drop_columns(["deliveries"])
-    return table.select(REGIONAL_SCHEMA.names).cast(REGIONAL_SCHEMA), duplicates - table.num_rows
+    columns = [*REGIONAL_SCHEMA.names, "parse_errors"]
+    schema = REGIONAL_SCHEMA.append(pa.field("parse_errors", pa.string()))
+    return table.select(columns).cast(schema), duplicates - table.num_rows
 
 
 def fx_day(event_ts: pa.ChunkedArray) -> pa.ChunkedArray:
