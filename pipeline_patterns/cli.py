@@ -2,13 +2,18 @@
 patterns) tools to inspect and prove the pipeline's guarantees.
 
     pipeline-patterns source defects --start 2024-01-01 --end 2024-03-31   (JSON lines)
+    pipeline-patterns breaker status [NAME]      the circuit breakers' shared state
+    pipeline-patterns breaker reset NAME         close a breaker by hand
 """
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
 
+from pipeline_patterns import environment
+from pipeline_patterns.lib.breaker import CircuitBreaker, all_statuses
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib.simulated_feed import days_between, region_day_defects
@@ -33,6 +38,26 @@ def source_defects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _breaker_store() -> str:
+    environment.data_dir().mkdir(parents=True, exist_ok=True)
+    return str(environment.data_dir() / "breakers.sqlite")
+
+
+def breaker_status(args: argparse.Namespace) -> int:
+    statuses = [s for s in all_statuses(_breaker_store()) if not args.name or s.name == args.name]
+    if args.name and not statuses:
+        print(f"no breaker named {args.name!r} has been used yet (store {_breaker_store()})", file=sys.stderr)
+        return 1
+    for status in statuses:
+        print(json.dumps(dataclasses.asdict(status)))
+    return 0
+
+
+def breaker_reset(args: argparse.Namespace) -> int:
+    print(json.dumps(dataclasses.asdict(CircuitBreaker(args.name, _breaker_store()).reset())))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="pipeline-patterns", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -51,6 +76,15 @@ def parser() -> argparse.ArgumentParser:
         help="only region-days with this defect",
     )
     defects.set_defaults(handler=source_defects)
+
+    breaker = commands.add_parser("breaker", help="inspect or reset a circuit breaker")
+    breaker_commands = breaker.add_subparsers(dest="breaker_command", required=True)
+    status = breaker_commands.add_parser("status", help="state of every breaker (or one), as JSON lines")
+    status.add_argument("name", nargs="?", help="orders_source or fx_rates; default all")
+    status.set_defaults(handler=breaker_status)
+    reset = breaker_commands.add_parser("reset", help="close a breaker and clear its failures")
+    reset.add_argument("name", help="orders_source or fx_rates")
+    reset.set_defaults(handler=breaker_reset)
     return root
 
 

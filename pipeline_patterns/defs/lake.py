@@ -91,6 +91,11 @@ class LandingZone(dg.ConfigurableResource):
     def land(self, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> landing.Manifest:
         return landing.land(pathlib.Path(self.root), region, day, run_id, files)
 
+    def landed_by(self, region: str, day: dt.date) -> str | None:
+        """The run id of the region-day's current extraction, if any."""
+        manifest = landing.read_manifest(pathlib.Path(self.root), region, day)
+        return manifest.run_id if manifest else None
+
     def files(self, region: str, days: list[dt.date]) -> list[str]:
         return landing.landed_files(pathlib.Path(self.root), region, days)
 

@@ -10,6 +10,7 @@ from dagster_pyspark import PySparkResource
 from pipeline_patterns import environment
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import DeltaLakeIOManager, LandingIOManager, LandingZone, QuarantineTable
+from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 
 
@@ -37,6 +38,11 @@ def build_resources(data_dir: Path) -> dict[str, object]:
         "quality_gates": QualityGates(),
         "orders_source": OrdersSource(),
         "fx_rates": FxRates(),
+        "notifier": Notifier(path=str(data_dir / "notifications.jsonl")),
+        "source_breaker": Breaker(name="orders_source", store=str(data_dir / "breakers.sqlite")),
+        "fx_breaker": Breaker(name="fx_rates", store=str(data_dir / "breakers.sqlite")),
+        "source_retries": RetrySettings(),
+        "fx_retries": RetrySettings(),
     }
 
 

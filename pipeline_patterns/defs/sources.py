@@ -27,11 +27,14 @@ class OrdersSource(dg.ConfigurableResource):
     null_user_day_rate: float = 0.02
     collapsed_volume_day_rate: float = 0.02
     failure_rate: float = 0.0
+    outages: list[str] = []
+    """Outage windows, 'START/END' in ISO 8601 UTC: the feed refuses every call inside them."""
 
     _faults: feed.FeedFaults = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._faults = feed.FeedFaults(failure_rate=self.failure_rate)
+        windows = [tuple(dt.datetime.fromisoformat(t) for t in w.split("/")) for w in self.outages]
+        self._faults = feed.FeedFaults(failure_rate=self.failure_rate, outages=windows)
 
     def settings(self) -> feed.FeedSettings:
         return feed.FeedSettings(

@@ -163,10 +163,10 @@ def _transaction(store: str) -> Iterator[sqlite3.Connection]:
         connection = sqlite3.connect(store, timeout=LOCK_TIMEOUT, isolation_level=None)
         try:
             _use_wal(connection)
-            pass
+            connection.execute("BEGIN IMMEDIATE")
             connection.execute(_SCHEMA)
             yield connection
-            pass
+            connection.execute("COMMIT")
         finally:
             connection.close()  # rolls back a transaction left open by an error
     except sqlite3.Error as error:
@@ -268,8 +268,9 @@ class CircuitBreaker:
             if row.state == CLOSED or _holds_trial(row, permit):
                 failures = row.consecutive_failures + 1
                 if row.state == HALF_OPEN or failures >= self.failure_threshold:
+                    # A failed trial re-opens at once, with a fresh recovery timeout from now.
                     return dataclasses.replace(
-                        _closed(row), state=OPEN, consecutive_failures=failures, opened_at=now
+                        row, state=OPEN, consecutive_failures=failures, opened_at=now, trial_id=None, trial_expires_at=None
                     )
                 return dataclasses.replace(row, consecutive_failures=failures)
             return row  # already open, or another trial decides
@@ -326,15 +327,12 @@ class CircuitBreaker:
     ) -> tuple[_Row, _Row, float]:
         """Apply `decide(row, now)` to this breaker's row in one transaction, then notify."""
         with _transaction(self.store) as connection:
-            now = self._clock()  # read under the lock, so times never go backwards between writers
-            connection.execute(
-                f"INSERT OR IGNORE INTO circuit_breakers ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                dataclasses.astuple(_Row(self.name, CLOSED, 0, None, self.recovery_timeout, None, None, now)),
-            )
             select = f"SELECT {_COLUMNS} FROM circuit_breakers WHERE name = ?"
-            old = _Row(*connection.execute(select, (self.name,)).fetchone())
+            stored = connection.execute(select, (self.name,)).fetchone()
+            now = self._clock()  # read under the lock, so times never go backwards between writers
+            old = _Row(*stored) if stored else _Row(self.name, CLOSED, 0, None, self.recovery_timeout, None, None, now)
             new = decide(old, now)
-            if new != old:
+            if new != old or stored is None:  # a breaker's row appears on first use, for all_statuses
                 new = dataclasses.replace(new, recovery_timeout=self.recovery_timeout, updated_at=now)
                 connection.execute(
                     f"REPLACE INTO circuit_breakers ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", dataclasses.astuple(new)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key, single_run
+from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.orders import fx_day, orders_in_usd
 
@@ -23,9 +24,20 @@ from pipeline_patterns.lib.orders import fx_day, orders_in_usd
     kinds={"pyarrow", "delta"},
     description="All regions' orders of a day, with the day's FX rate and the amount in USD.",
 )
-def global_orders(context: dg.AssetExecutionContext, fx_rates: FxRates, **regional: pa.Table) -> pa.Table:
+def global_orders(
+    context: dg.AssetExecutionContext,
+    fx_rates: FxRates,
+    fx_breaker: Breaker,
+    fx_retries: RetrySettings,
+    notifier: Notifier,
+    **regional: pa.Table,
+) -> pa.Table:
     orders = pa.concat_tables(regional.values())
     days = [dt.date.fromisoformat(d) for d in pc.unique(fx_day(orders["event_ts"])).to_pylist()]
-    rates = fx_rates.rates(pc.unique(orders["currency"]).to_pylist(), days)
-    context.add_output_metadata({"regions": len(regional), "fx_rates": rates.num_rows})
+    currencies = pc.unique(orders["currency"]).to_pylist()
+    rates = call_dependency(
+        context, "fx rates", lambda: fx_rates.rates(currencies, days),
+        breaker=fx_breaker, retries=fx_retries, notifier=notifier,
+    )
+    context.add_output_metadata({"regions": len(regional), "fx_rates": rates.num_rows, **breaker_metadata(fx_breaker)})
     return orders_in_usd(orders, rates)

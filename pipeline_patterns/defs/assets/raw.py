@@ -5,6 +5,7 @@ import dagster as dg
 
 from pipeline_patterns.defs.lake import LandingZone
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
+from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
 from pipeline_patterns.defs.sources import OrdersSource
 
 
@@ -19,17 +20,31 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
         description=f"The {region} order feed of a day, landed as the CSV files the source delivered.",
     )
     def raw_orders(
-        context: dg.AssetExecutionContext, orders_source: OrdersSource, landing: LandingZone
+        context: dg.AssetExecutionContext,
+        orders_source: OrdersSource,
+        landing: LandingZone,
+        source_breaker: Breaker,
+        source_retries: RetrySettings,
+        notifier: Notifier,
     ) -> dg.MaterializeResult:
-        manifests = [
-            landing.land(region, day, context.run.run_id, orders_source.fetch(region, day))
-            for day in day_window(context).days
-        ]
+        run_id = context.run.run_id
+        files = size = 0
+        for day in day_window(context).days:
+            if landing.landed_by(region, day) == run_id:
+                continue  # landed by an earlier attempt of this step: a retry resumes, not restarts
+            delivered = call_dependency(
+                context, f"orders feed {region} {day}", lambda: orders_source.fetch(region, day),
+                breaker=source_breaker, retries=source_retries, notifier=notifier,
+            )
+            manifest = landing.land(region, day, run_id, delivered)
+            files, size = files + len(manifest.files), size + manifest.bytes
         return dg.MaterializeResult(
             metadata={
-                "files": sum(len(m.files) for m in manifests),
-                "bytes": sum(m.bytes for m in manifests),
+                "files": files,
+                "bytes": size,
+                "retries": context.retry_number,
                 "landing_dir": dg.MetadataValue.path(str(landing.root)),
+                **breaker_metadata(source_breaker),
             }
         )
 

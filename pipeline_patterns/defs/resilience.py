@@ -1,0 +1,148 @@
+"""Failure handling around external dependencies (patterns: retries with capped exponential
+backoff; circuit breaker; alerts).
+
+`call_dependency` is the one way an asset calls a flaky dependency:
+- through the dependency's circuit breaker, whose state lives in a SQLite file shared by every
+  process and run (an in-memory breaker protects nothing when each run is its own process);
+- a retryable failure asks Dagster to retry the step (`RetryRequested`) after a wait computed by
+  `BackoffPolicy`: Dagster's RetryPolicy has a fixed 2^n curve and no cap;
+- an open breaker retries the step after the breaker's remaining open time instead of failing;
+- a non-retryable failure (bad credentials, schema errors, anything unknown) fails at once;
+- every retry and every final failure is sent to the notifier (Dagster has no retry hook).
+"""
+
+import dataclasses
+import datetime as dt
+import json
+import pathlib
+from collections.abc import Callable
+from typing import TypeVar
+
+import dagster as dg
+
+from pipeline_patterns.lib.backoff import BackoffPolicy, is_retryable
+from pipeline_patterns.lib.breaker import BreakerStatus, CircuitBreaker, CircuitOpenError
+
+T = TypeVar("T")
+
+
+class Notifier(dg.ConfigurableResource):
+    """Where alerts go: one JSON line per event appended to `path` (default
+    <data dir>/notifications.jsonl). Replace by a Slack or webhook notifier by configuration."""
+
+    path: str
+
+    def notify(self, event: str, **fields: object) -> None:
+        record = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event, **fields}
+        target = pathlib.Path(self.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+class RetrySettings(dg.ConfigurableResource):
+    """Capped exponential backoff for one dependency: retry n waits
+    min(max_delay, base_delay * backoff_factor^(n-1)) seconds, times a jitter factor."""
+
+    base_delay: float = 2.0
+    backoff_factor: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.2
+    max_retries: int = 6
+
+    def policy(self) -> BackoffPolicy:
+        return BackoffPolicy(
+            base_delay=self.base_delay,
+            backoff_factor=self.backoff_factor,
+            max_delay=self.max_delay,
+            jitter=self.jitter,
+            max_retries=self.max_retries,
+        )
+
+
+class Breaker(dg.ConfigurableResource):
+    """A circuit breaker around one dependency: opens after `failure_threshold` consecutive
+    failures, fails calls fast while open, admits one trial call after `recovery_timeout`
+    seconds. State is shared through the SQLite file `store` by every process and run."""
+
+    name: str
+    store: str
+    failure_threshold: int = 5
+    recovery_timeout: float = 30.0
+
+    def breaker(self, on_change: Callable[[BreakerStatus, BreakerStatus], None] | None = None) -> CircuitBreaker:
+        pathlib.Path(self.store).parent.mkdir(parents=True, exist_ok=True)
+        return CircuitBreaker(
+            self.name,
+            self.store,
+            failure_threshold=self.failure_threshold,
+            recovery_timeout=self.recovery_timeout,
+            on_change=on_change,
+            # A data or credentials error says nothing about the dependency's health.
+            should_count=is_retryable,
+        )
+
+
+def call_dependency(
+    context: dg.AssetExecutionContext,
+    what: str,
+    fn: Callable[[], T],
+    *,
+    breaker: Breaker,
+    retries: RetrySettings,
+    notifier: Notifier,
+) -> T:
+    """Call `fn` through the breaker; on failure, retry the step with capped backoff or fail."""
+    policy = retries.policy()
+    retry = context.retry_number + 1
+    asset = context.asset_key.to_user_string() if len(context.assets_def.keys) == 1 else context.op_def.name
+
+    def on_change(old: BreakerStatus, new: BreakerStatus) -> None:
+        context.log.warning(f"circuit breaker {new.name}: {old.state} -> {new.state} ({new.consecutive_failures} failures)")
+        notifier.notify("breaker_state_changed", breaker=new.name, old=old.state, new=new.state, asset=asset)
+
+    try:
+        return breaker.breaker(on_change).call(fn)
+    except CircuitOpenError as error:
+        if retry > policy.max_retries:
+            notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
+            raise
+        wait = max(error.retry_after, 0.1)
+        context.log.warning(f"{what}: {error}; retrying the step in {wait:.1f} s ({retry}/{policy.max_retries})")
+        notifier.notify("retry", asset=asset, what=what, error=str(error), retry=retry, seconds_to_wait=wait)
+        raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
+    except Exception as error:
+        if not is_retryable(error):
+            notifier.notify("final_failure", asset=asset, what=what, error=repr(error), retryable=False)
+            raise dg.Failure(
+                description=f"{what} failed with a non-retryable error: {error!r}", allow_retries=False
+            ) from error
+        if retry > policy.max_retries:
+            notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
+            raise
+        wait = policy.delay(retry)
+        schedule = ", ".join(f"{nominal:.1f}" for nominal, _, _ in policy.schedule())
+        context.log.warning(
+            f"{what} failed ({error}); retry {retry}/{policy.max_retries} in {wait:.1f} s "
+            f"(nominal schedule s: {schedule}; cap {policy.max_delay} s, jitter ±{policy.jitter:.0%})"
+        )
+        notifier.notify("retry", asset=asset, what=what, error=str(error), retry=retry, seconds_to_wait=round(wait, 3))
+        raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
+
+
+def breaker_metadata(breaker: Breaker) -> dict[str, object]:
+    status = breaker.breaker().status()
+    return {f"breaker/{k}": v for k, v in dataclasses.asdict(status).items() if k in ("name", "state", "consecutive_failures")}
+
+
+@dg.run_failure_sensor(
+    description="Sends every failed run to the notifier (final failures).",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def notify_run_failure(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
+    notifier.notify(
+        "run_failed",
+        run_id=context.dagster_run.run_id,
+        job=context.dagster_run.job_name,
+        error=context.failure_event.message,
+    )

@@ -1,0 +1,131 @@
+"""Flaky and failing dependencies: capped backoff retries, a shared breaker, alerts."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from pipeline_patterns.defs.partitions import REGIONS
+from pipeline_patterns.defs.resilience import Breaker, RetrySettings
+from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.lib.breaker import CircuitBreaker
+from pipeline_patterns.lib.delta_writes import read_table
+from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders
+from pipeline_patterns_tests.conftest import TEST_ORDERS_PER_DAY, all_assets, pipeline_resources
+
+pytestmark = pytest.mark.spark
+FAST = RetrySettings(base_delay=0.01, backoff_factor=2.0, max_delay=0.05, jitter=0.2, max_retries=25)
+
+
+def notifications(data_dir) -> list[dict]:
+    path = data_dir / "notifications.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class CountingSource(OrdersSource):
+    """The simulated feed, counting the calls that reach it."""
+
+    calls: int = 0
+
+    def fetch(self, region, day):
+        CountingSource.calls += 1
+        return super().fetch(region, day)
+
+
+class BrokenCredentials(OrdersSource):
+    def fetch(self, region, day):
+        raise PermissionError("401: bad credentials for the orders feed")
+
+
+def run(data_dir, selection, first, last, **resources):
+    return dg.materialize(
+        all_assets(),
+        selection=selection,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        resources={**pipeline_resources(data_dir), "source_retries": FAST, "fx_retries": FAST, **resources},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def test_a_30_percent_failing_source_still_lands_seven_days_of_exact_data(spark, tmp_path):
+    source = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=0.3)
+    breaker = Breaker(name="orders_source", store=str(tmp_path / "breakers.sqlite"), failure_threshold=50)
+    regions = ["raw_orders/us_east", "regional_orders/us_east", "raw_orders/ap_south", "regional_orders/ap_south"]
+    result = run(tmp_path, regions, "2024-01-06", "2024-01-12", orders_source=source, source_breaker=breaker)
+    assert result.success
+    retries = [n for n in notifications(tmp_path) if n["event"] == "retry"]
+    assert retries, "with 30 % failures over 14 calls, some retries happened"
+    assert all(n["seconds_to_wait"] <= FAST.max_delay for n in retries)
+    settings = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
+    for region in ["us-east", "ap-south"]:
+        table = read_table(str(tmp_path / "lake" / "regional_orders" / region.replace("-", "_")))
+        for offset in range(7):
+            day = dt.date(2024, 1, 6) + dt.timedelta(offset)
+            rows = table.filter(pc.equal(table["day"], day.isoformat()))
+            assert rows.num_rows == expected_orders(region, day, settings).num_rows
+
+
+def test_a_down_source_opens_the_breaker_after_exactly_the_threshold_and_is_not_called_while_open(spark, tmp_path):
+    CountingSource.calls = 0
+    store = str(tmp_path / "breakers.sqlite")
+    breaker = Breaker(name="orders_source", store=store, failure_threshold=3, recovery_timeout=0.3)
+    down = CountingSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0)
+    retries = RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=4)
+    result = run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06",
+                 orders_source=down, source_breaker=breaker, source_retries=retries)
+    assert not result.success
+    sent = notifications(tmp_path)
+    changes = [(n["old"], n["new"]) for n in sent if n["event"] == "breaker_state_changed"]
+    # 3 failures open it; the next attempt is refused without a call and waits out the open time;
+    # then exactly one trial call goes through, fails, and re-opens it
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "open")]
+    assert CountingSource.calls == 3 + 1
+    blocked = [n for n in sent if n["event"] == "retry" and "is open" in n["error"]]
+    assert len(blocked) == 1 and 0 < blocked[0]["seconds_to_wait"] <= 0.3
+    assert CircuitBreaker("orders_source", store).status().state == "open"
+    assert sent[-1]["event"] == "final_failure"
+
+
+def test_after_the_recovery_timeout_one_trial_call_closes_the_breaker(spark, tmp_path):
+    store = str(tmp_path / "breakers.sqlite")
+    breaker = Breaker(name="orders_source", store=store, failure_threshold=2, recovery_timeout=0.5)
+    down = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0)
+    run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06", orders_source=down, source_breaker=breaker,
+        source_retries=RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=2))
+    assert CircuitBreaker("orders_source", store).status().state == "open"
+    healthy = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY)
+    result = run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06", orders_source=healthy,
+                 source_breaker=breaker, source_retries=FAST)
+    assert result.success  # the step waited out the open breaker, then its trial call closed it
+    assert CircuitBreaker("orders_source", store).status().state == "closed"
+    changes = [(n["old"], n["new"]) for n in notifications(tmp_path) if n["event"] == "breaker_state_changed"]
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_a_non_retryable_error_fails_at_once_without_retries(spark, tmp_path):
+    result = run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06",
+                 orders_source=BrokenCredentials(orders_per_day=TEST_ORDERS_PER_DAY))
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    sent = notifications(tmp_path)
+    assert [n["event"] for n in sent] == ["final_failure"] and sent[0]["retryable"] is False
+    assert CircuitBreaker("orders_source", str(tmp_path / "breakers.sqlite")).status().consecutive_failures == 0
+
+
+def test_the_breaker_command_shows_and_resets_a_shared_breaker(tmp_path):
+    store = str(tmp_path / "breakers.sqlite")
+    breaker = CircuitBreaker("orders_source", store, failure_threshold=1, recovery_timeout=600)
+    permit = breaker.acquire()
+    breaker.record_failure(permit)
+    env = {**os.environ, "PIPELINE_PATTERNS_DATA_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "pipeline_patterns.cli", "breaker"]
+    shown = subprocess.run([*command, "status", "orders_source"], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(shown.stdout)["state"] == "open"
+    subprocess.run([*command, "reset", "orders_source"], env=env, capture_output=True, text=True, check=True)
+    assert breaker.status().state == "closed" and breaker.status().consecutive_failures == 0
