@@ -25,12 +25,7 @@ class QualityGates(dg.ConfigurableResource):
     future_tolerance_minutes: float = 5.0
 
     def settings(self) -> GateSettings:
-        return GateSettings(
-            min_orders_per_day=self.min_orders_per_day,
-            max_orders_per_day=self.max_orders_per_day,
-            freshness_lag_hours=self.freshness_lag_hours,
-            future_tolerance_minutes=self.future_tolerance_minutes,
-        )
+        return GateSettings(**self.model_dump())
 
 
 def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:

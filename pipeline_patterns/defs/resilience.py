@@ -51,13 +51,7 @@ class RetrySettings(dg.ConfigurableResource):
     max_retries: int = 6
 
     def policy(self) -> BackoffPolicy:
-        return BackoffPolicy(
-            base_delay=self.base_delay,
-            backoff_factor=self.backoff_factor,
-            max_delay=self.max_delay,
-            jitter=self.jitter,
-            max_retries=self.max_retries,
-        )
+        return BackoffPolicy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BackoffPolicy)})
 
 
 class Breaker(dg.ConfigurableResource):

@@ -64,10 +64,6 @@ class WriteResult:
     rows: int
 
 
-def table_exists(uri: str, storage_options: Mapping[str, str] | None = None) -> bool:
-    return DeltaTable.is_deltatable(uri, storage_options=dict(storage_options or {}))
-
-
 def _check_inside(
     batch: pa.RecordBatch | pa.Table, column: str, window: DayWindow, match: Mapping[str, str], uri: str
 ) -> None:
