@@ -33,7 +33,7 @@ def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, obj
     return {
         **build_resources(data_dir),
         "quality_gates": QualityGates(min_orders_per_day=TEST_MIN_ORDERS),
-        "orders_source": OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, **source_config),
+        "orders_source": OrdersSource(**{"orders_per_day": TEST_ORDERS_PER_DAY, **source_config}),
     }
 
 

@@ -25,13 +25,15 @@ def test_inventory_of_assets_and_groups():
     assert sorted(specs) == sorted(
         [f"raw_orders/{r}" for r in REGIONAL]
         + [f"regional_orders/{r}" for r in REGIONAL]
-        + ["global_orders", "daily_revenue"]
+        + ["global_orders", "daily_revenue", "monthly_revenue", "revenue_summary"]
     )
     assert {key: spec.group_name for key, spec in specs.items()} == {
         **{f"raw_orders/{r}": "landing" for r in REGIONAL},
         **{f"regional_orders/{r}": "regional" for r in REGIONAL},
         "global_orders": "global",
         "daily_revenue": "revenue",
+        "monthly_revenue": "revenue",
+        "revenue_summary": "revenue",
     }
 
 
@@ -42,11 +44,16 @@ def test_the_graph_fans_out_per_region_and_fans_in_to_global_orders():
         assert edges[f"regional_orders/{region}"] == [f"raw_orders/{region}"]
     assert edges["global_orders"] == sorted(f"regional_orders/{r}" for r in REGIONAL)
     assert edges["daily_revenue"] == ["global_orders"]
+    assert edges["monthly_revenue"] == edges["revenue_summary"] == ["daily_revenue"]
 
 
-def test_every_asset_is_daily_partitioned_and_backfills_a_range_in_one_run():
+def test_every_partitioned_asset_backfills_a_range_in_one_run():
     for asset in defs.resolve_asset_graph().asset_nodes:
-        assert isinstance(asset.partitions_def, dg.DailyPartitionsDefinition), asset.key
+        if asset.key.path[0] == "revenue_summary":
+            assert asset.partitions_def is None
+            continue
+        kind = dg.MonthlyPartitionsDefinition if asset.key.path[0] == "monthly_revenue" else dg.DailyPartitionsDefinition
+        assert isinstance(asset.partitions_def, kind), asset.key
         assert asset.partitions_def.start.date().isoformat() == "2024-01-01"
         assert asset.backfill_policy == dg.BackfillPolicy.single_run(), asset.key
 
@@ -82,3 +89,10 @@ def test_every_regional_asset_carries_the_blocking_quality_gates():
     blocking = {spec.name: spec.blocking for spec in regional.check_specs}
     assert blocking["user_id_not_null"] and blocking["rows_accounted"]
     assert not blocking["event_time_fresh"]  # a warning: late feeds are reported, not blocked
+
+
+def test_the_aggregates_follow_their_upstream_automatically():
+    nodes = {n.key.to_user_string(): n for n in defs.resolve_asset_graph().asset_nodes}
+    for key in ("monthly_revenue", "revenue_summary"):
+        assert nodes[key].automation_condition.get_label() == "follows_upstream"
+    assert nodes["daily_revenue"].automation_condition is None

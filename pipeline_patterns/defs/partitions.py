@@ -1,4 +1,4 @@
-"""The one daily partitions definition, the regions, and the day window of a run (pattern:
+"""The daily (and monthly) partitions definitions, the regions, and the day window of a run (pattern:
 partitioned assets; backfills as ranges)."""
 
 import dagster as dg
@@ -9,6 +9,7 @@ from pipeline_patterns.lib.delta_writes import DayWindow
 REGIONS = ["us-east", "us-west", "eu-west", "ap-south"]
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01")
+monthly_partitions = dg.MonthlyPartitionsDefinition(start_date="2024-01-01")
 
 # A range backfill runs as ONE run whose assets each read and write the whole window in one
 # transaction: one Spark session, one Delta commit per table (see README "Backfills").

@@ -6,6 +6,8 @@ the summary are joins and group-bys over already clean rows, which Arrow does in
 without a round trip through the JVM.
 """
 
+import datetime as dt
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -121,4 +123,47 @@ def daily_revenue_table(global_orders: pa.Table) -> pa.Table:
     )
     return summary.select(["day", "region", "orders", "revenue_usd", "distinct_users"]).sort_by(
         [("day", "ascending"), ("region", "ascending")]
+    )
+
+
+def monthly_revenue_table(daily_revenue: pa.Table) -> pa.Table:
+    """Per month ('YYYY-MM-01') and region: orders, revenue in USD, days with data."""
+    month = pc.binary_join_element_wise(pc.utf8_slice_codeunits(daily_revenue["day"], 0, 7), "01", "-")
+    summary = (
+        daily_revenue.append_column("month", month)
+        .group_by(["month", "region"])
+        .aggregate([("orders", "sum"), ("revenue_usd", "sum"), ("day", "count")])
+        .rename_columns({"orders_sum": "orders", "revenue_usd_sum": "revenue_usd", "day_count": "days"})
+    )
+    summary = summary.set_column(
+        summary.schema.get_field_index("revenue_usd"), "revenue_usd", pc.round(summary["revenue_usd"], 2)
+    )
+    return summary.select(["month", "region", "orders", "revenue_usd", "days"]).sort_by(
+        [("month", "ascending"), ("region", "ascending")]
+    )
+
+
+def revenue_summary_table(daily_revenue: pa.Table, days: int = 30) -> pa.Table:
+    """Per region, the trailing `days` days ending at the latest day with data: orders, revenue
+    in USD, average revenue per day with data."""
+    if daily_revenue.num_rows == 0:
+        raise ValueError("daily_revenue is empty: materialize some days first")
+    last = dt.date.fromisoformat(pc.max(daily_revenue["day"]).as_py())
+    first = (last - dt.timedelta(days=days - 1)).isoformat()
+    recent = daily_revenue.filter(pc.greater_equal(daily_revenue["day"], first))
+    summary = recent.group_by("region").aggregate(
+        [("orders", "sum"), ("revenue_usd", "sum"), ("day", "count")]
+    ).rename_columns({"orders_sum": "orders", "revenue_usd_sum": "revenue_usd", "day_count": "days_with_data"})
+    n = summary.num_rows
+    summary = summary.set_column(
+        summary.schema.get_field_index("revenue_usd"), "revenue_usd", pc.round(summary["revenue_usd"], 2)
+    )
+    return (
+        summary.append_column(
+            "avg_daily_revenue_usd", pc.round(pc.divide(summary["revenue_usd"], pc.cast(summary["days_with_data"], pa.float64())), 2)
+        )
+        .append_column("window_start", pa.array([first] * n))
+        .append_column("window_end", pa.array([last.isoformat()] * n))
+        .select(["region", "window_start", "window_end", "days_with_data", "orders", "revenue_usd", "avg_daily_revenue_usd"])
+        .sort_by("region")
     )
