@@ -197,3 +197,15 @@ def test_one_regions_failure_does_not_stop_the_other_regions(spark, tmp_path):
     assert done == {"regional_orders/us_east"}
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no landed data for region eu-west on 2024-01-02" in str(failure.event_specific_data.error)
+
+
+def test_global_orders_refuses_a_window_with_a_missing_region_day_and_names_it(spark, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    three = [f"{layer}/{region_key(r)}" for r in REGIONS[:3] for layer in ("raw_orders", "regional_orders")]
+    materialize(tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=three)
+    materialize(tmp_path, instance, partition="2024-01-03", selection=["raw_orders/ap_south", "regional_orders/ap_south"])
+    result = materialize(tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=["global_orders"], raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "upstream not ready for 1 region-days (ap-south 2024-01-02)" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "lake" / "global_orders").exists()
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_START"]) == 1  # not retried

@@ -167,3 +167,9 @@ def revenue_summary_table(daily_revenue: pa.Table, days: int = 30) -> pa.Table:
         .select(["region", "window_start", "window_end", "days_with_data", "orders", "revenue_usd", "avg_daily_revenue_usd"])
         .sort_by("region")
     )
+
+
+def missing_region_days(orders: pa.Table, regions: list[str], days: list[str]) -> list[str]:
+    """'region day' for every region-day of the window without a single clean order."""
+    present = set(zip(orders["region"].to_pylist(), orders["day"].to_pylist()))
+    return [f"{r} {d}" for d in days for r in regions if (r, d) not in present]
