@@ -41,13 +41,15 @@ def pipeline_defs(data_dir: pathlib.Path, **source_config) -> dg.Definitions:
     """The project's assets over a data dir of the test's own."""
     return dg.Definitions(
         assets=list(defs.assets or []),
+        asset_checks=list(defs.asset_checks or []),
         resources=pipeline_resources(data_dir, **source_config),
         executor=dg.in_process_executor,
     )
 
 
 def all_assets() -> list[dg.AssetsDefinition]:
-    return [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    """Every asset and standalone asset check of the code location."""
+    return [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or [])
 
 
 def materialize(
@@ -57,17 +59,18 @@ def materialize(
     partition: str | None = None,
     first: str | None = None,
     last: str | None = None,
-    selection: str | list[str] | None = None,
+    selection: str | list[str] | dg.AssetSelection | None = None,
     raise_on_error: bool = True,
     **source_config,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the daily graph for one partition, or a range [first, last] in ONE run."""
+    """Materialize the daily graph (or `selection`) for one partition, or a range [first, last]
+    in ONE run."""
     tags = {}
     if first:
         tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     return dg.materialize(
         all_assets(),
-        selection=selection,
+        selection=selection or "*daily_revenue",
         partition_key=partition,
         tags=tags,
         resources=pipeline_resources(data_dir, **source_config),

@@ -209,3 +209,16 @@ def test_global_orders_refuses_a_window_with_a_missing_region_day_and_names_it(s
     assert "upstream not ready for 1 region-days (ap-south 2024-01-02)" in str(failure.event_specific_data.error)
     assert not (tmp_path / "lake" / "global_orders").exists()
     assert len([e for e in result.all_events if e.event_type_value == "STEP_START"]) == 1  # not retried
+
+
+def test_the_replay_check_passes_on_clean_tables_and_fails_on_a_tampered_one(spark, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(tmp_path, instance, partition="2024-01-02")
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "replay_matches")
+    assert check.passed and check.metadata["days"].value == "2024-01-02"
+    DeltaTable(str(tmp_path / "lake" / "global_orders")).delete("order_id = 'us-east-20240102-000001'")
+    on_demand = materialize(
+        tmp_path, instance, selection=dg.AssetSelection.checks_for_assets("daily_revenue"), raise_on_error=False
+    )
+    check = next(e for e in on_demand.get_asset_check_evaluations() if e.check_name == "replay_matches")
+    assert not check.passed and check.metadata["global_orders_identical"].value is False
