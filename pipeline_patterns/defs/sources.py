@@ -6,11 +6,8 @@ replaces them by implementing the same two methods. Fault injection is configura
 """
 
 import datetime as dt
-import io
-
 import dagster as dg
 import pyarrow as pa
-import pyarrow.csv as pacsv
 from pydantic import PrivateAttr
 
 from pipeline_patterns.lib import simulated_feed as feed
@@ -50,12 +47,7 @@ class OrdersSource(dg.ConfigurableResource):
     def fetch(self, region: str, day: dt.date) -> dict[str, bytes]:
         """The files the feed delivers for a region-day: file name -> CSV bytes, as received."""
         self._faults.check(f"orders feed {region} {day}")
-        files = {}
-        for batch_id, records in feed.region_day_deliveries(region, day, self.settings()).items():
-            buffer = io.BytesIO()
-            pacsv.write_csv(records, buffer)
-            files[f"{batch_id}.csv"] = buffer.getvalue()
-        return files
+        return feed.region_day_files(region, day, self.settings())
 
 
 class FxRates(dg.ConfigurableResource):

@@ -12,6 +12,7 @@ checked exactly. The feed has the defects real feeds have, on deterministic regi
 
 import dataclasses
 import datetime as dt
+import io
 import math
 import random
 import zlib
@@ -19,6 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 
 # What each region sells in; the first currency is the main one. A region missing here sells in USD.
 CURRENCIES_BY_REGION: dict[str, tuple[str, ...]] = {
@@ -203,6 +205,16 @@ def region_day_deliveries(
         )
         deliveries[redelivery_id] = again
     return deliveries
+
+
+def region_day_files(region: str, day: dt.date, settings: FeedSettings) -> dict[str, bytes]:
+    """The deliveries of a region-day as the feed sends them: file name -> CSV bytes."""
+    files = {}
+    for batch_id, records in region_day_deliveries(region, day, settings).items():
+        buffer = io.BytesIO()
+        pacsv.write_csv(records, buffer)
+        files[f"{batch_id}.csv"] = buffer.getvalue()
+    return files
 
 
 def expected_orders(region: str, day: dt.date, settings: FeedSettings) -> pa.Table:
