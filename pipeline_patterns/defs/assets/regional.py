@@ -17,14 +17,13 @@ import datetime as dt
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, gate_results, gate_specs
 from pipeline_patterns.defs.lake import LandingZone, QuarantineTable
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
 from pipeline_patterns.lib import landing as landing_files
-from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_table
+from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_table, split_by_day
 from pipeline_patterns.lib.rules import RuleOutcome, blocking_failures, evaluate_day
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
@@ -91,8 +90,9 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         drift = header_drift_by_day(files)
         settings = quality_gates.settings()
         clean, quarantined, outcomes_by_day, branches = [], [], {}, {}
+        by_day = split_by_day(orders)
         for day in window.days:
-            rows = orders.filter(pc.equal(orders["day"], day.isoformat()))
+            rows = by_day.get(day.isoformat(), orders.slice(0, 0))
             staged = rows.append_column("landed_columns", pa.array([drift.get(day.isoformat())] * rows.num_rows, pa.string()))
             outcomes = outcomes_by_day[day] = evaluate_day(staged, day, settings)
             failures = blocking_failures(outcomes)
