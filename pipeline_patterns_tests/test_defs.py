@@ -77,14 +77,14 @@ def test_ci_runs_the_readmes_test_command():
     assert command in (PROJECT_ROOT / ".ci" / "run").read_text()
 
 
-def test_every_regional_asset_carries_the_blocking_quality_gates():
+def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
     checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     names = {
         "schema_matches", "values_parse", "order_id_not_null", "user_id_not_null", "order_id_unique",
         "volume_within_bounds", "amount_non_negative", "currency_known", "event_time_not_in_future",
         "event_time_fresh", "rows_accounted",
     }
-    assert checks == {(f"regional_orders/{r}", n) for r in REGIONAL for n in names}
+    assert checks == {(f"regional_orders/{r}", n) for r in REGIONAL for n in names} | {("daily_revenue", "replay_matches")}
     regional = next(a for a in defs.assets if dg.AssetKey(["regional_orders", "us_east"]) in a.keys)
     blocking = {spec.name: spec.blocking for spec in regional.check_specs}
     assert blocking["user_id_not_null"] and blocking["rows_accounted"]
