@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -148,3 +149,20 @@ def test_concurrent_writers_of_one_window_leave_exactly_one_copy(tmp_path):
     day2 = [v for d, v in zip(rows["day"], rows["v"]) if d == "2024-01-02"]
     assert len(day2) == 3 and len(set(day2)) == 1, day2  # one writer's rows, never a mix
     assert rows["v"][rows["day"].index("2024-01-01")] == 0
+
+
+def test_revenue_sums_do_not_depend_on_the_order_rows_arrive_in():
+    from pipeline_patterns.lib.orders import daily_revenue_table
+
+    rng = np.random.default_rng(3)
+    groups, per_group = 300, 2000
+    n = groups * per_group
+    orders = pa.table({
+        "day": [f"2024-01-{1 + g % 28:02d}" for g in range(groups) for _ in range(per_group)],
+        "region": [f"r{g // 28}" for g in range(groups) for _ in range(per_group)],
+        "order_id": [str(i) for i in range(n)],
+        "user_id": [str(i % 977) for i in range(n)],
+        "amount_usd": np.round(rng.lognormal(3.6, 0.8, n), 2),
+    })
+    hashes = {content_hash(daily_revenue_table(orders.take(rng.permutation(n)))) for _ in range(8)}
+    assert len(hashes) == 1

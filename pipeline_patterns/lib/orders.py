@@ -110,16 +110,28 @@ def orders_in_usd(orders: pa.Table, rates: pa.Table) -> pa.Table:
     return result.sort_by([("day", "ascending"), ("order_id", "ascending")])
 
 
+def _cents(dollars: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.cast(pc.round(pc.multiply(dollars, 100)), pa.int64())
+
+
+def _dollars(cents: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.divide(pc.cast(cents, pa.float64()), 100.0)
+
+
+def _sum_in_cents(table: pa.Table, keys: list[str], column: str, others: list[tuple[str, str]]) -> pa.Table:
+    """Group and sum a money column exactly: a float sum depends on the order rows arrive in
+    (which a re-run does not keep), an integer sum of cents does not."""
+    summed = table.append_column("_cents", _cents(table[column])).group_by(keys).aggregate([("_cents", "sum"), *others])
+    return summed.append_column(column, _dollars(summed["_cents_sum"])).drop_columns(["_cents_sum"])
+
+
 def daily_revenue_table(global_orders: pa.Table) -> pa.Table:
     """Per day and region: orders, revenue in USD, distinct users."""
-    summary = global_orders.group_by(["day", "region"]).aggregate(
-        [("order_id", "count"), ("amount_usd", "sum"), ("user_id", "count_distinct")]
+    summary = _sum_in_cents(
+        global_orders, ["day", "region"], "amount_usd", [("order_id", "count"), ("user_id", "count_distinct")]
     )
     summary = summary.rename_columns(
-        {"order_id_count": "orders", "amount_usd_sum": "revenue_usd", "user_id_count_distinct": "distinct_users"}
-    )
-    summary = summary.set_column(
-        summary.schema.get_field_index("revenue_usd"), "revenue_usd", pc.round(summary["revenue_usd"], 2)
+        {"order_id_count": "orders", "amount_usd": "revenue_usd", "user_id_count_distinct": "distinct_users"}
     )
     return summary.select(["day", "region", "orders", "revenue_usd", "distinct_users"]).sort_by(
         [("day", "ascending"), ("region", "ascending")]
@@ -129,15 +141,9 @@ def daily_revenue_table(global_orders: pa.Table) -> pa.Table:
 def monthly_revenue_table(daily_revenue: pa.Table) -> pa.Table:
     """Per month ('YYYY-MM-01') and region: orders, revenue in USD, days with data."""
     month = pc.binary_join_element_wise(pc.utf8_slice_codeunits(daily_revenue["day"], 0, 7), "01", "-")
-    summary = (
-        daily_revenue.append_column("month", month)
-        .group_by(["month", "region"])
-        .aggregate([("orders", "sum"), ("revenue_usd", "sum"), ("day", "count")])
-        .rename_columns({"orders_sum": "orders", "revenue_usd_sum": "revenue_usd", "day_count": "days"})
-    )
-    summary = summary.set_column(
-        summary.schema.get_field_index("revenue_usd"), "revenue_usd", pc.round(summary["revenue_usd"], 2)
-    )
+    summary = _sum_in_cents(
+        daily_revenue.append_column("month", month), ["month", "region"], "revenue_usd", [("orders", "sum"), ("day", "count")]
+    ).rename_columns({"orders_sum": "orders", "day_count": "days"})
     return summary.select(["month", "region", "orders", "revenue_usd", "days"]).sort_by(
         [("month", "ascending"), ("region", "ascending")]
     )
@@ -151,13 +157,10 @@ def revenue_summary_table(daily_revenue: pa.Table, days: int = 30) -> pa.Table:
     last = dt.date.fromisoformat(pc.max(daily_revenue["day"]).as_py())
     first = (last - dt.timedelta(days=days - 1)).isoformat()
     recent = daily_revenue.filter(pc.greater_equal(daily_revenue["day"], first))
-    summary = recent.group_by("region").aggregate(
-        [("orders", "sum"), ("revenue_usd", "sum"), ("day", "count")]
-    ).rename_columns({"orders_sum": "orders", "revenue_usd_sum": "revenue_usd", "day_count": "days_with_data"})
-    n = summary.num_rows
-    summary = summary.set_column(
-        summary.schema.get_field_index("revenue_usd"), "revenue_usd", pc.round(summary["revenue_usd"], 2)
+    summary = _sum_in_cents(recent, ["region"], "revenue_usd", [("orders", "sum"), ("day", "count")]).rename_columns(
+        {"orders_sum": "orders", "day_count": "days_with_data"}
     )
+    n = summary.num_rows
     return (
         summary.append_column(
             "avg_daily_revenue_usd", pc.round(pc.divide(summary["revenue_usd"], pc.cast(summary["days_with_data"], pa.float64())), 2)
