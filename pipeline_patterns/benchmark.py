@@ -59,7 +59,8 @@ def run_floor(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_
     from pipeline_patterns.defs.partitions import REGIONS, region_key
     from pipeline_patterns.defs.resources import spark_config
     from pipeline_patterns.lib import landing
-    from pipeline_patterns.lib.delta_writes import DayWindow, replace_window
+    from pipeline_patterns.lib.day_window import DayWindow
+    from pipeline_patterns.lib.delta_writes import replace_window
     from pipeline_patterns.lib.orders import daily_revenue_table, fx_day, orders_in_usd, regional_orders_table
     from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_files, usd_rate
 

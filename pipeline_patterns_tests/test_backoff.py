@@ -65,7 +65,7 @@ def test_a_seeded_rng_reproduces_the_same_delays():
 
 
 def test_without_jitter_the_wait_is_exactly_the_nominal_delay():
-    assert [BackoffPolicy(jitter=0.0).delay(retry) for retry in range(1, 9)] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert [BackoffPolicy(base_delay=1.0, jitter=0.0).delay(retry) for retry in range(1, 9)] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
 
 
 def test_huge_retry_numbers_do_not_overflow():

@@ -1,22 +1,114 @@
-"""Automation conditions: downstream aggregates follow their upstream on their own (pattern:
-keeping aggregates right after a backfill).
+"""What runs without a person (patterns: a daily schedule; aggregates kept right after backfills;
+alerts on failure).
 
-Dagster's `AutomationCondition.eager()` only looks at the latest time partition, so a backfill
-of last year's days would never refresh last year's months. `follows_upstream` is eager() without
-that limit: a partition is requested when it is missing or any of ITS upstream partitions was
-updated, so a rewritten day refreshes exactly the month it falls in and nothing else.
+- `daily_orders_schedule`: at 02:00 UTC, the daily graph for the day that just closed (the feed
+  delivers a day's last redelivery batch at 01:00). Running by default: a daily pipeline runs daily.
+- `aggregates_follow_days`: requests `monthly_revenue` for every COMPLETE month (all its days
+  MATERIALIZED in daily_revenue) that has a day newer than the month, and `revenue_summary` when
+  any day is newer than it. Dagster's `any_deps_updated()` automation condition is cursor-based:
+  a sensor started after a backfill never sees the rewrites made before it ("since last handled"
+  starts at its first tick). This sensor compares event-log storage ids instead, which is
+  stateless: whenever it starts, it finds every rewritten day, and its run keys stop it from
+  requesting the same state twice.
+- `notify_run_failure`: every failed run goes to the notifier.
 """
+
+import datetime as dt
 
 import dagster as dg
 
+from pipeline_patterns.defs.partitions import daily_partitions, monthly_partitions
+from pipeline_patterns.defs.resilience import Notifier
+from pipeline_patterns.lib.day_window import DayWindow
 
-def follows_upstream(*, wait_for_complete_upstream: bool) -> dg.AutomationCondition:
-    condition = (
-        (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
+DAILY_REVENUE = dg.AssetKey("daily_revenue")
+MONTHLY_REVENUE = dg.AssetKey("monthly_revenue")
+REVENUE_SUMMARY = dg.AssetKey("revenue_summary")
+MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
+
+daily_orders_job = dg.define_asset_job(
+    "daily_orders",
+    selection=dg.AssetSelection.assets(DAILY_REVENUE).upstream(),
+    partitions_def=daily_partitions,
+    description="The daily graph: landing, regional gates and quarantine, fan-in, daily revenue.",
+)
+monthly_revenue_job = dg.define_asset_job("monthly_revenue_job", selection=[MONTHLY_REVENUE], partitions_def=monthly_partitions)
+revenue_summary_job = dg.define_asset_job("revenue_summary_job", selection=[REVENUE_SUMMARY])
+
+daily_orders_schedule = dg.build_schedule_from_partitioned_job(
+    daily_orders_job,
+    hour_of_day=2,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Each day at 02:00 UTC, the day that just closed (its feed is complete by 01:00).",
+)
+
+
+def month_days(month: str) -> list[str]:
+    start = dt.date.fromisoformat(month)
+    end = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return [d.isoformat() for d in DayWindow(start, end).days]
+
+
+def aggregate_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], list[str]]:
+    """The runs that bring the aggregates up to date, and why months were left alone."""
+    daily = instance.get_latest_storage_id_by_partition(DAILY_REVENUE, MATERIALIZATION)
+    monthly = instance.get_latest_storage_id_by_partition(MONTHLY_REVENUE, MATERIALIZATION)
+    requests, skipped = [], []
+    for month in sorted({day[:7] + "-01" for day in daily}):
+        days = month_days(month)
+        newest = max(daily.get(day, 0) for day in days)
+        if newest <= monthly.get(month, 0):
+            continue  # the month already includes its newest day
+        statuses = instance.get_status_by_partition(DAILY_REVENUE, days, daily_partitions) or {}
+        lacking = [d for d in days if statuses.get(d) != dg.AssetPartitionStatus.MATERIALIZED]
+        if lacking:
+            skipped.append(f"{month[:7]}: {len(lacking)} days not materialized ({', '.join(lacking[:3])}...)")
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"monthly_revenue {month} {newest}",
+                job_name=monthly_revenue_job.name,
+                partition_key=month,
+                tags={"pipeline_patterns/reason": f"a day of {month[:7]} was rewritten after the month"},
+            )
+        )
+    summary = instance.fetch_materializations(REVENUE_SUMMARY, limit=1).records
+    newest_day = max(daily.values(), default=0)
+    if newest_day > (summary[0].storage_id if summary else 0):
+        requests.append(
+            dg.RunRequest(
+                run_key=f"revenue_summary {newest_day}",
+                job_name=revenue_summary_job.name,
+                tags={"pipeline_patterns/reason": "daily_revenue has days newer than the summary"},
+            )
+        )
+    return requests, skipped
+
+
+@dg.sensor(
+    jobs=[monthly_revenue_job, revenue_summary_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Recomputes every complete month with a rewritten day, and the summary, after any run or backfill.",
+)
+def aggregates_follow_days(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    requests, skipped = aggregate_requests(context.instance)
+    if skipped:
+        context.log.info("incomplete months not published: " + "; ".join(skipped))
+    return dg.SensorResult(
+        run_requests=requests,
+        skip_reason=None if requests else "aggregates up to date" + (f"; incomplete: {'; '.join(skipped)}" if skipped else ""),
     )
-    if wait_for_complete_upstream:
-        # a month is computed once all its days exist; nothing runs before its upstream is ready
-        condition = condition & ~dg.AutomationCondition.any_deps_missing()
-    return condition.with_label("follows_upstream")
+
+
+@dg.run_failure_sensor(
+    description="Sends every failed run to the notifier (final failures, held days).",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def notify_run_failure(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
+    notifier.notify(
+        "run_failed",
+        run_id=context.dagster_run.run_id,
+        job=context.dagster_run.job_name,
+        error=context.failure_event.message,
+    )

@@ -1,58 +1,76 @@
 """The quality gates as Dagster asset checks (pattern: quality gate; process or quarantine).
 
-Each rule of `lib/rules.py` is one check definition reused on every regional asset. The gates are
-evaluated inside the regional step on the staged rows, BEFORE the clean table is written: a
-region-day failing a blocking gate goes to `quarantined_orders` instead, and the failed check
-(blocking) stops `global_orders` in the same run. A check after the write could only report bad
-data already published (FACTS.md: blocking checks stop only what comes after the checked asset).
+Each rule of `lib/rules.py` is one check reused on every regional asset, evaluated inside the
+regional step on the staged rows BEFORE anything is written. A region-day failing a blocking rule
+is quarantined (`lib/quarantine.py`): the rule's check fails with severity ERROR and names the
+days and sample rows, but does not block the step, because the quarantine IS the gate: the fan-in
+reads only clean region-days and holds the others. `rows_accounted` is the one blocking check:
+rows lost on the way stop everything.
 """
 
-import datetime as dt
-
 import dagster as dg
+from pydantic import Field
 
+from pipeline_patterns.lib.quarantine import RegionDay
 from pipeline_patterns.lib.rules import RULES, GateSettings, RuleOutcome
 
 ROWS_ACCOUNTED = "rows_accounted"
+_DEFAULTS = GateSettings(known_currencies=())
 
 
 class QualityGates(dg.ConfigurableResource):
-    """Parameters of the quality gates (see lib/rules.py)."""
+    """Parameters of the quality gates (see lib/rules.py); known currencies come from the FX service."""
 
-    min_orders_per_day: int = 1000
-    max_orders_per_day: int = 100_000
-    freshness_lag_hours: float = 6.0
-    future_tolerance_minutes: float = 5.0
+    min_orders_per_day: int = Field(
+        default=_DEFAULTS.min_orders_per_day, description="A region-day with fewer orders is quarantined."
+    )
+    max_orders_per_day: int = Field(
+        default=_DEFAULTS.max_orders_per_day, description="A region-day with more orders is quarantined."
+    )
+    freshness_lag_hours: float = Field(
+        default=_DEFAULTS.freshness_lag_hours,
+        description="Warn when a day's newest event is older than this before the day's end.",
+    )
+    future_tolerance_minutes: float = Field(
+        default=_DEFAULTS.future_tolerance_minutes,
+        description="Quarantine events later than the end of their feed day by more than this.",
+    )
 
-    def settings(self) -> GateSettings:
-        return GateSettings(**self.model_dump())
+    def settings(self, known_currencies: list[str]) -> GateSettings:
+        return GateSettings(**self.model_dump(), known_currencies=tuple(sorted(known_currencies)))
 
 
 def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     specs = [
-        dg.AssetCheckSpec(rule.name, asset=asset_key, description=f"[{rule.severity}] {rule.description}", blocking=rule.blocking)
+        dg.AssetCheckSpec(
+            rule.name,
+            asset=asset_key,
+            description=f"[{rule.severity}] {rule.description}"
+            + (" A failing region-day is quarantined." if rule.blocking else ""),
+        )
         for rule in RULES
     ]
     specs.append(
         dg.AssetCheckSpec(
             ROWS_ACCOUNTED,
             asset=asset_key,
-            description="[ERROR] rows landed = rows processed + duplicates dropped + rows quarantined.",
+            description="[ERROR, blocking] rows landed = processed + duplicates dropped + quarantined, every day.",
             blocking=True,
         )
     )
     return specs
 
 
-def gate_results(outcomes_by_day: dict[dt.date, list[RuleOutcome]]) -> list[dg.AssetCheckResult]:
-    """One result per rule over the run's days: passed when every day passed."""
+def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.AssetCheckResult]:
+    """One result per rule over the run's days: passed when every day passed; a failure names
+    its days and sample rows."""
     results = []
     for rule in RULES:
         day_outcomes = {day: next(o for o in outcomes if o.rule == rule.name) for day, outcomes in outcomes_by_day.items()}
         failed = {day: o for day, o in day_outcomes.items() if not o.passed}
         shown = next(iter(failed.values()), None) or next(iter(day_outcomes.values()))
         metadata = {
-            "failing_days": ", ".join(d.isoformat() for d in failed) or "none",
+            "failing_days": ", ".join(failed) or "none",
             "failing_rows": sum(o.failing_rows for o in failed.values()),
             "sample_keys": ", ".join(shown.sample_keys) or "none",
             **{k: v if isinstance(v, int | float) else str(v) for k, v in shown.details.items()},
@@ -68,14 +86,16 @@ def gate_results(outcomes_by_day: dict[dt.date, list[RuleOutcome]]) -> list[dg.A
     return results
 
 
-def accounting_result(landed: int, processed: int, duplicates: int, quarantined: int) -> dg.AssetCheckResult:
+def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
+    lost = [d.day for d in region_days if not d.accounted]
     return dg.AssetCheckResult(
         check_name=ROWS_ACCOUNTED,
-        passed=landed == processed + duplicates + quarantined,
+        passed=not lost,
         metadata={
-            "rows_landed": landed,
-            "rows_processed": processed,
-            "duplicates_dropped": duplicates,
-            "rows_quarantined": quarantined,
+            "days_with_lost_rows": ", ".join(lost) or "none",
+            "rows_landed": sum(d.landed for d in region_days),
+            "rows_processed": sum(d.clean.num_rows for d in region_days),
+            "duplicates_dropped": sum(d.duplicates for d in region_days),
+            "rows_quarantined": sum(d.quarantined.num_rows for d in region_days),
         },
     )

@@ -3,7 +3,7 @@ partitioned assets; backfills as ranges)."""
 
 import dagster as dg
 
-from pipeline_patterns.lib.delta_writes import DayWindow
+from pipeline_patterns.lib.day_window import DayWindow
 
 # Adding a region is one line here; the simulator sells in USD where it knows no currency for it.
 REGIONS = ["us-east", "us-west", "eu-west", "ap-south"]

@@ -12,6 +12,7 @@ backoff; circuit breaker; alerts).
 """
 
 import dataclasses
+import inspect
 import datetime as dt
 import json
 import pathlib
@@ -19,18 +20,22 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import dagster as dg
+from pydantic import Field
 
 from pipeline_patterns.lib.backoff import BackoffPolicy, is_retryable
 from pipeline_patterns.lib.breaker import BreakerStatus, CircuitBreaker, CircuitOpenError
 
 T = TypeVar("T")
+_BACKOFF = BackoffPolicy()
+_BREAKER_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(CircuitBreaker).parameters.items() if p.default is not p.empty
+}
 
 
 class Notifier(dg.ConfigurableResource):
-    """Where alerts go: one JSON line per event appended to `path` (default
-    <data dir>/notifications.jsonl). Replace by a Slack or webhook notifier by configuration."""
+    """Where alerts go: one JSON line per event appended to `path`."""
 
-    path: str
+    path: str = Field(description="The JSON-lines file events are appended to (default <data dir>/notifications.jsonl).")
 
     def notify(self, event: str, **fields: object) -> None:
         record = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event, **fields}
@@ -44,11 +49,11 @@ class RetrySettings(dg.ConfigurableResource):
     """Capped exponential backoff for one dependency: retry n waits
     min(max_delay, base_delay * backoff_factor^(n-1)) seconds, times a jitter factor."""
 
-    base_delay: float = 2.0
-    backoff_factor: float = 2.0
-    max_delay: float = 60.0
-    jitter: float = 0.2
-    max_retries: int = 6
+    base_delay: float = Field(default=_BACKOFF.base_delay, description="Seconds before the first retry.")
+    backoff_factor: float = Field(default=_BACKOFF.backoff_factor, description="Each retry waits this many times longer.")
+    max_delay: float = Field(default=_BACKOFF.max_delay, description="The cap on any one wait, in seconds.")
+    jitter: float = Field(default=_BACKOFF.jitter, description="Each wait is spread by up to this fraction, up or down.")
+    max_retries: int = Field(default=_BACKOFF.max_retries, description="Retries before the step fails.")
 
     def policy(self) -> BackoffPolicy:
         return BackoffPolicy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BackoffPolicy)})
@@ -59,10 +64,14 @@ class Breaker(dg.ConfigurableResource):
     failures, fails calls fast while open, admits one trial call after `recovery_timeout`
     seconds. State is shared through the SQLite file `store` by every process and run."""
 
-    name: str
-    store: str
-    failure_threshold: int = 5
-    recovery_timeout: float = 30.0
+    name: str = Field(description="The dependency's name; breakers of the same name share their state.")
+    store: str = Field(description="The SQLite file holding every breaker's state.")
+    failure_threshold: int = Field(
+        default=_BREAKER_DEFAULTS["failure_threshold"], description="Consecutive failures that open the breaker."
+    )
+    recovery_timeout: float = Field(
+        default=_BREAKER_DEFAULTS["recovery_timeout"], description="Seconds the breaker stays open before one trial call."
+    )
 
     def breaker(self, on_change: Callable[[BreakerStatus, BreakerStatus], None] | None = None) -> CircuitBreaker:
         pathlib.Path(self.store).parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +109,7 @@ def call_dependency(
     except CircuitOpenError as error:
         if retry > policy.max_retries:
             notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
-            raise
+            raise dg.Failure(description=f"{what}: {error}; gave up after {policy.max_retries} retries", allow_retries=False) from error
         wait = max(error.retry_after, 0.1)
         context.log.warning(f"{what}: {error}; retrying the step in {wait:.1f} s ({retry}/{policy.max_retries})")
         notifier.notify("retry", asset=asset, what=what, error=str(error), retry=retry, seconds_to_wait=wait)
@@ -113,7 +122,7 @@ def call_dependency(
             ) from error
         if retry > policy.max_retries:
             notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
-            raise
+            raise dg.Failure(description=f"{what} failed: {error}; gave up after {policy.max_retries} retries", allow_retries=False) from error
         wait = policy.delay(retry)
         schedule = ", ".join(f"{nominal:.1f}" for nominal, _, _ in policy.schedule())
         context.log.warning(
@@ -127,16 +136,3 @@ def call_dependency(
 def breaker_metadata(breaker: Breaker) -> dict[str, object]:
     status = breaker.breaker().status()
     return {f"breaker/{k}": v for k, v in dataclasses.asdict(status).items() if k in ("name", "state", "consecutive_failures")}
-
-
-@dg.run_failure_sensor(
-    description="Sends every failed run to the notifier (final failures).",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def notify_run_failure(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
-    notifier.notify(
-        "run_failed",
-        run_id=context.dagster_run.run_id,
-        job=context.dagster_run.job_name,
-        error=context.failure_event.message,
-    )

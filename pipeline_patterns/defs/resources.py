@@ -9,7 +9,8 @@ from dagster_pyspark import PySparkResource
 
 from pipeline_patterns import environment
 from pipeline_patterns.defs.checks import QualityGates
-from pipeline_patterns.defs.lake import DeltaLakeIOManager, LandingIOManager, LandingZone, QuarantineTable
+from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
+from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 
@@ -29,12 +30,13 @@ def spark_config() -> dict[str, str]:
 
 def build_resources(data_dir: Path) -> dict[str, object]:
     """Every resource the assets use, for a data dir (tests pass a temporary one)."""
+    lake = Lake(uri=str(data_dir / "lake"))
     return {
         "spark": PySparkResource(spark_config=spark_config()),
+        "lake": lake,
         "landing": LandingZone(root=str(data_dir / "landing")),
         "landing_io_manager": LandingIOManager(root=str(data_dir / "landing")),
-        "lake_io_manager": DeltaLakeIOManager(lake_uri=str(data_dir / "lake")),
-        "quarantine": QuarantineTable(table_uri=str(data_dir / "lake" / "quarantined_orders")),
+        "lake_io_manager": DeltaLakeIOManager(lake=lake),
         "quality_gates": QualityGates(),
         "orders_source": OrdersSource(),
         "fx_rates": FxRates(),

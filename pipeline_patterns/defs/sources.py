@@ -2,38 +2,61 @@
 (pattern: the source system behind a resource).
 
 By default both are the deterministic simulators of `lib/simulated_feed.py`; a real API client
-replaces them by implementing the same two methods. Fault injection is configuration, not code.
+replaces them by implementing the same methods. Fault injection and corrections are
+configuration, not code: set them in the launchpad or in `--config-json`.
 """
 
 import datetime as dt
+
 import dagster as dg
 import pyarrow as pa
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from pipeline_patterns.lib import simulated_feed as feed
 
+_FEED = feed.FeedSettings()
+
 
 class OrdersSource(dg.ConfigurableResource):
-    """The regional order feed (simulated). Same seed, region and day: same records."""
+    """The regional order feed (simulated). Same seed, region and day: same records. Its realistic
+    defects are ON by default: duplicate and late deliveries, and rare bad region-days."""
 
-    seed: int = 7
-    orders_per_day: int = 5000
-    batches_per_day: int = 4
-    duplicate_rate: float = 0.005
-    late_rate: float = 0.01
-    null_user_day_rate: float = 0.02
-    collapsed_volume_day_rate: float = 0.02
-    failure_rate: float = 0.0
-    outages: list[str] = []
-    """Outage windows, 'START/END' in ISO 8601 UTC: the feed refuses every call inside them."""
+    seed: int = Field(default=_FEED.seed, description="Seed of the simulated feed and of its fault injection.")
+    orders_per_day: int = Field(default=_FEED.orders_per_day, description="Orders per region-day.")
+    batches_per_day: int = Field(default=_FEED.batches_per_day, description="Delivery batches per region-day.")
+    duplicate_rate: float = Field(default=_FEED.duplicate_rate, description="Share of orders delivered twice.")
+    late_rate: float = Field(default=_FEED.late_rate, description="Share of orders delivered 1-3 days late.")
+    null_user_day_rate: float = Field(
+        default=_FEED.null_user_day_rate, description="Share of region-days with null user ids (quarantined)."
+    )
+    collapsed_volume_day_rate: float = Field(
+        default=_FEED.collapsed_volume_day_rate, description="Share of region-days with 2 % of the volume (quarantined)."
+    )
+    corrected: list[str] = Field(
+        default=[],
+        description=(
+            "Region-days the source has corrected, as 'REGION DAY' (e.g. 'eu-west 2024-01-05'); '*' for any "
+            "region or day. Re-fetched, they arrive without their bad-day defects."
+        ),
+    )
+    failure_rate: float = Field(default=0.0, description="Share of calls that time out (fault injection).")
+    outages: list[str] = Field(
+        default=[], description="Outage windows, 'START/END' in ISO 8601 UTC: the feed refuses every call inside them."
+    )
 
     _faults: feed.FeedFaults = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         windows = [tuple(dt.datetime.fromisoformat(t) for t in w.split("/")) for w in self.outages]
-        self._faults = feed.FeedFaults(failure_rate=self.failure_rate, outages=windows)
+        self._faults = feed.FeedFaults(failure_rate=self.failure_rate, outages=windows, seed=self.seed)
 
     def settings(self) -> feed.FeedSettings:
+        corrected = set()
+        for entry in self.corrected:
+            region, _, day = entry.strip().partition(" ")
+            if not day:
+                raise ValueError(f"OrdersSource.corrected: {entry!r} is not 'REGION DAY' (e.g. 'eu-west 2024-01-05')")
+            corrected.add((region, day.strip()))
         return feed.FeedSettings(
             seed=self.seed,
             orders_per_day=self.orders_per_day,
@@ -42,6 +65,7 @@ class OrdersSource(dg.ConfigurableResource):
             late_rate=self.late_rate,
             null_user_day_rate=self.null_user_day_rate,
             collapsed_volume_day_rate=self.collapsed_volume_day_rate,
+            corrected=frozenset(corrected),
         )
 
     def fetch(self, region: str, day: dt.date) -> dict[str, bytes]:
@@ -53,13 +77,17 @@ class OrdersSource(dg.ConfigurableResource):
 class FxRates(dg.ConfigurableResource):
     """Daily FX rates to USD (simulated: a seasonal swing plus daily noise around a base level)."""
 
-    seed: int = 7
-    failure_rate: float = 0.0
+    seed: int = Field(default=_FEED.seed, description="Seed of the simulated rates and of the fault injection.")
+    failure_rate: float = Field(default=0.0, description="Share of calls that time out (fault injection).")
 
     _faults: feed.FeedFaults = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._faults = feed.FeedFaults(failure_rate=self.failure_rate)
+        self._faults = feed.FeedFaults(failure_rate=self.failure_rate, seed=self.seed)
+
+    def currencies(self) -> list[str]:
+        """The currencies the service has rates for (the gate `currency_known` asks this)."""
+        return sorted(feed.BASE_USD_RATES)
 
     def rates(self, currencies: list[str], days: list[dt.date]) -> pa.Table:
         """currency, fx_day ('YYYY-MM-DD'), usd_rate for every currency and day asked for."""

@@ -36,11 +36,11 @@ class BackoffPolicy:
     """Retry n (n = 1 for the first retry) waits base_delay * backoff_factor^(n-1) seconds, capped at
     max_delay, multiplied by a uniform factor in [1 - jitter, 1 + jitter] and capped again."""
 
-    base_delay: float = 1.0
+    base_delay: float = 2.0
     backoff_factor: float = 2.0
     max_delay: float = 60.0
-    jitter: float = 0.1
-    max_retries: int = 5
+    jitter: float = 0.2
+    max_retries: int = 6
 
     def __post_init__(self) -> None:
         for field in ("base_delay", "backoff_factor", "max_delay"):

@@ -201,7 +201,7 @@ class CircuitBreaker:
         self,
         name: str,
         store: str | os.PathLike,
-        failure_threshold: int = 3,
+        failure_threshold: int = 5,
         recovery_timeout: float = 30.0,
         trial_timeout: float = 300.0,
         clock: Callable[[], float] = time.time,

@@ -22,39 +22,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
-
-@dataclasses.dataclass(frozen=True)
-class DayWindow:
-    """Days [start, end): one partition is a one-day window, a backfill range a longer one."""
-
-    start: dt.date
-    end: dt.date
-
-    def __post_init__(self) -> None:
-        if self.end <= self.start:
-            raise ValueError(f"empty day window [{self.start}, {self.end})")
-
-    def predicate(self, column: str, match: Mapping[str, str] | None = None) -> str:
-        """The window on `column`, narrowed to rows whose other columns equal `match`."""
-        clauses = [f"{column} >= '{self.start.isoformat()}'", f"{column} < '{self.end.isoformat()}'"]
-        clauses += [f"{name} = '{value}'" for name, value in (match or {}).items()]
-        return " AND ".join(clauses)
-
-    @property
-    def days(self) -> list[dt.date]:
-        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days)]
-
-    def chunks(self, days_per_chunk: int) -> list["DayWindow"]:
-        """Consecutive sub-windows of at most `days_per_chunk` days, covering the window."""
-        days = self.days
-        return [
-            DayWindow(days[i], min(days[i] + dt.timedelta(days=days_per_chunk), self.end))
-            for i in range(0, len(days), days_per_chunk)
-        ]
-
-    def __str__(self) -> str:
-        last = self.end - dt.timedelta(days=1)
-        return self.start.isoformat() if last == self.start else f"{self.start}...{last}"
+from pipeline_patterns.lib.day_window import DayWindow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +147,20 @@ def read_table(
     # The engine returns string_view and may reorder columns; give back the table's own schema.
     schema = pa.schema(table.schema().to_arrow())
     return result.select(schema.names).cast(schema)
+
+
+def day_counts(
+    uri: str, window: DayWindow, *, storage_options: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Rows per day of `window` in the table at `uri` (days without rows are absent); {} when
+    the table does not exist yet. A metadata-sized query: no row leaves delta-rs."""
+    try:
+        table = DeltaTable(uri, storage_options=dict(storage_options or {}))
+    except TableNotFoundError:
+        return {}
+    sql = f"SELECT CAST(day AS VARCHAR) AS day, COUNT(*) AS n FROM t WHERE {window.predicate('day')} GROUP BY day"
+    counts = pa.table(QueryBuilder().register("t", table).execute(sql))
+    return dict(zip(counts["day"].to_pylist(), counts["n"].to_pylist(), strict=True))
 
 
 def content_hash(table: pa.Table, exclude: Iterable[str] = ()) -> str:

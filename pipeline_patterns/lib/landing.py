@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 
 MANIFEST = "_manifest.json"
+# The same layout as a regular expression, for engines that read the paths themselves (Spark).
+DAY_IN_PATH = r"/(\d{4}-\d{2}-\d{2})/[^/]+/[^/]+$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,11 @@ def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, by
     tmp.write_text(json.dumps(dataclasses.asdict(manifest), indent=1))
     os.replace(tmp, target / MANIFEST)  # atomic: readers see the old or the new extraction
     return manifest
+
+
+def day_of(file: str) -> str:
+    """The day ('YYYY-MM-DD') a landed file belongs to, from its place in the layout."""
+    return Path(file).parent.parent.name
 
 
 def read_manifest(root: Path, region: str, day: dt.date) -> Manifest | None:

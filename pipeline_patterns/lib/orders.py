@@ -1,9 +1,9 @@
-"""The order transformations, free of Dagster: the regional clean-up in Spark (fan-out), the USD
-conversion of all regions (fan-in) and the daily revenue summary in Arrow.
+"""The order transformations, free of Dagster: the regional clean-up in Spark (fan-out) and the
+revenue aggregates in Arrow (the fan-in itself is `fan_in.py`).
 
-Spark does the heavy part (parsing every landed file, deduplicating deliveries); the fan-in and
-the summary are joins and group-bys over already clean rows, which Arrow does in milliseconds
-without a round trip through the JVM.
+Spark does the heavy part (parsing every landed file, deduplicating deliveries); the aggregates
+are group-bys over already clean rows, which Arrow does in milliseconds without a round trip
+through the JVM.
 """
 
 import datetime as dt
@@ -13,14 +13,14 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from pipeline_patterns.lib import landing
+
 # Landed files are read as text and typed here, so a malformed value becomes a null instead of
 # failing the whole file.
 LANDED_SCHEMA = (
     "order_id STRING, user_id STRING, region STRING, amount STRING, currency STRING, "
     "event_ts STRING, batch_id STRING, delivered_at STRING, _corrupt_record STRING"
 )
-# .../<region>/<day>/<run_id>/<batch>.csv -> <day>
-_DAY_FROM_PATH = r"/(\d{4}-\d{2}-\d{2})/[^/]+/[^/]+$"
 
 REGIONAL_SCHEMA = pa.schema(
     [
@@ -52,7 +52,7 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
         F.try_to_timestamp(F.trim("event_ts")).alias("event_ts"),
         F.trim("batch_id").alias("batch_id"),
         F.try_to_timestamp(F.trim("delivered_at")).alias("delivered_at"),
-        F.regexp_extract(F.col("_metadata.file_path"), _DAY_FROM_PATH, 1).alias("day"),
+        F.regexp_extract(F.col("_metadata.file_path"), landing.DAY_IN_PATH, 1).alias("day"),
         F.concat_ws(
             ",",
             F.when(F.col("_corrupt_record").isNotNull(), F.lit("malformed_line")),
@@ -81,33 +81,13 @@ def _unparsed(name: str, kind: str):
     return F.when((F.length(raw) > 0) & typed.isNull(), F.lit(name))
 
 
-def regional_orders_table(spark: SparkSession, files: list[str]) -> tuple[pa.Table, int]:
-    """The deduplicated orders as Arrow (with `parse_errors`: which fields of a row did not
-    parse), and how many duplicate deliveries were dropped."""
-    table = regional_orders_frame(spark, files).toArrow()
-    duplicates = pc.sum(table["deliveries"]).as_py() or 0
-    columns = [*REGIONAL_SCHEMA.names, "parse_errors"]
-    schema = REGIONAL_SCHEMA.append(pa.field("parse_errors", pa.string()))
-    return table.select(columns).cast(schema), duplicates - table.num_rows
+STAGED_SCHEMA = REGIONAL_SCHEMA.append(pa.field("parse_errors", pa.string())).append(pa.field("deliveries", pa.int64()))
 
 
-def fx_day(event_ts: pa.ChunkedArray) -> pa.ChunkedArray:
-    """The UTC calendar day of each event, as 'YYYY-MM-DD' (the day whose FX rate applies)."""
-    return pc.cast(pc.cast(event_ts, pa.date32()), pa.string())
-
-
-def orders_in_usd(orders: pa.Table, rates: pa.Table) -> pa.Table:
-    """Add `usd_rate` and `amount_usd` to orders. `rates` has currency, fx_day, usd_rate and must
-    cover every (currency, event day) of the orders."""
-    keyed = orders.append_column("fx_day", fx_day(orders["event_ts"]))
-    joined = keyed.join(rates, keys=["currency", "fx_day"], join_type="left outer")
-    missing = pc.is_null(joined["usd_rate"])
-    if pc.any(missing).as_py():
-        gaps = joined.filter(missing).select(["currency", "fx_day"]).group_by(["currency", "fx_day"]).aggregate([])
-        raise ValueError(f"no FX rate for {gaps.to_pylist()[:5]}")
-    amount_usd = pc.round(pc.multiply(joined["amount"], joined["usd_rate"]), 2)
-    result = joined.append_column("amount_usd", amount_usd).drop_columns(["fx_day"])
-    return result.sort_by([("day", "ascending"), ("order_id", "ascending")])
+def regional_orders_table(spark: SparkSession, files: list[str]) -> pa.Table:
+    """The deduplicated orders as Arrow, staged for the gates: with `parse_errors` (which fields of
+    a row did not parse) and `deliveries` (how many times the order was delivered that day)."""
+    return regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
 
 
 def _cents(dollars: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -125,6 +105,11 @@ def _sum_in_cents(table: pa.Table, keys: list[str], column: str, others: list[tu
     return summed.append_column(column, _dollars(summed["_cents_sum"])).drop_columns(["_cents_sum"])
 
 
+DAILY_REVENUE_SCHEMA = pa.schema(
+    [("day", pa.string()), ("region", pa.string()), ("orders", pa.int64()), ("revenue_usd", pa.float64()), ("distinct_users", pa.int64())]
+)
+
+
 def daily_revenue_table(global_orders: pa.Table) -> pa.Table:
     """Per day and region: orders, revenue in USD, distinct users."""
     summary = _sum_in_cents(
@@ -133,8 +118,10 @@ def daily_revenue_table(global_orders: pa.Table) -> pa.Table:
     summary = summary.rename_columns(
         {"order_id_count": "orders", "amount_usd": "revenue_usd", "user_id_count_distinct": "distinct_users"}
     )
-    return summary.select(["day", "region", "orders", "revenue_usd", "distinct_users"]).sort_by(
-        [("day", "ascending"), ("region", "ascending")]
+    return (
+        summary.select(DAILY_REVENUE_SCHEMA.names)
+        .cast(DAILY_REVENUE_SCHEMA)
+        .sort_by([("day", "ascending"), ("region", "ascending")])
     )
 
 
@@ -170,12 +157,6 @@ def revenue_summary_table(daily_revenue: pa.Table, days: int = 30) -> pa.Table:
         .select(["region", "window_start", "window_end", "days_with_data", "orders", "revenue_usd", "avg_daily_revenue_usd"])
         .sort_by("region")
     )
-
-
-def missing_region_days(orders: pa.Table, regions: list[str], days: list[str]) -> list[str]:
-    """'region day' for every region-day of the window without a single clean order."""
-    present = set(zip(orders["region"].to_pylist(), orders["day"].to_pylist()))
-    return [f"{r} {d}" for d in days for r in regions if (r, d) not in present]
 
 
 def split_by_day(table: pa.Table) -> dict[str, pa.Table]:

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
-from pipeline_patterns.lib.simulated_feed import BASE_USD_RATES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +24,8 @@ class GateSettings:
     max_orders_per_day: int = 100_000
     freshness_lag_hours: float = 6.0
     future_tolerance_minutes: float = 5.0
-    known_currencies: tuple[str, ...] = tuple(sorted(BASE_USD_RATES))
+    known_currencies: tuple[str, ...] = ()
+    """The currencies the FX service has rates for (the gate asks the service, not the feed)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 # What each region sells in; the first currency is the main one. A region missing here sells in USD.
@@ -67,6 +68,13 @@ class FeedSettings:
     collapsed_volume_day_rate: float = 0.02
     collapsed_volume_fraction: float = 0.02
     users_per_region: int = 20_000
+    corrected: frozenset[tuple[str, str]] = frozenset()
+    """(region, 'YYYY-MM-DD') pairs the source has corrected: re-fetched, such a region-day comes
+    without its bad-day defects (null user ids, collapsed volume). ('*', '*') corrects every day."""
+
+    def is_corrected(self, region: str, day: dt.date) -> bool:
+        keys = {(region, day.isoformat()), (region, "*"), ("*", day.isoformat()), ("*", "*")}
+        return not keys.isdisjoint(self.corrected)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +129,8 @@ def _rng(seed: int, *parts: str | int) -> np.random.Generator:
 def region_day_defects(region: str, day: dt.date, settings: FeedSettings) -> RegionDayDefects:
     rng = _rng(settings.seed, "defects", region, day.toordinal())
     null_draw, collapse_draw = rng.random(2)
+    if settings.is_corrected(region, day):
+        null_draw = collapse_draw = 1.0  # the corrected re-delivery: the same orders, whole and complete
     collapsed = bool(collapse_draw < settings.collapsed_volume_day_rate)
     orders = settings.orders_per_day
     if collapsed:
@@ -188,7 +198,7 @@ def region_day_deliveries(
     schema = pa.schema([(name, pa.string()) for name in RECORD_FIELDS])
     records = pa.table(columns, schema=schema)
     deliveries = {
-        bid: records.filter(pa.compute.equal(records["batch_id"], bid))
+        bid: records.filter(pc.equal(records["batch_id"], bid))
         for bid in sorted(set(columns["batch_id"]))
     }
     dup = np.sort(rng.choice(n, size=defects.duplicate_deliveries, replace=False))
@@ -252,11 +262,15 @@ class SourceUnavailableError(ConnectionError):
 @dataclasses.dataclass
 class FeedFaults:
     """Fault injection for the simulated feed: a share of calls fail at random, and the feed is
-    down during outage windows (wall-clock UTC, [start, end))."""
+    down during outage windows (wall-clock UTC, [start, end)). Seeded: the same seed fails the
+    same calls, so a test with faults never passes or fails by chance."""
 
     failure_rate: float = 0.0
     outages: Sequence[tuple[dt.datetime, dt.datetime]] = ()
-    rng: random.Random = dataclasses.field(default_factory=random.Random)
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
 
     def check(self, what: str, now: dt.datetime | None = None) -> None:
         now = now or dt.datetime.now(dt.UTC)

@@ -1,54 +1,59 @@
-"""The revenue aggregates (pattern: downstream aggregates kept right after backfills).
+"""The revenue aggregates over daily_revenue (pattern: downstream aggregates kept right after
+backfills).
 
-daily_revenue follows global_orders day by day in the same runs; monthly_revenue (monthly
-partitions, through a time-window partition mapping) and revenue_summary (trailing 30 days) are
-brought up to date by automation conditions whenever days they read are rewritten.
+monthly_revenue (monthly partitions, through a time-window partition mapping) and revenue_summary
+(trailing 30 days) are brought up to date by the `aggregates_follow_days` sensor whenever days
+they read are rewritten (automation.py). A month is never published from an incomplete set of
+days, however it is launched: with a day missing or held it fails, naming the days it lacks
+(a partial month shown green would be read as the month's revenue).
 """
 
 import dagster as dg
 import pyarrow as pa
 
-from pipeline_patterns.defs.assets.global_merge import global_orders
-from pipeline_patterns.defs.automation import follows_upstream
-from pipeline_patterns.defs.partitions import daily_partitions, monthly_partitions, single_run
-from pipeline_patterns.lib.orders import daily_revenue_table, monthly_revenue_table, revenue_summary_table
+from pipeline_patterns.defs.partitions import monthly_partitions, single_run
+from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.orders import monthly_revenue_table, revenue_summary_table
+
+DAILY_REVENUE = dg.AssetKey("daily_revenue")
 
 
 @dg.asset(
-    ins={"orders": dg.AssetIn(key=global_orders.key)},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
-    group_name="revenue",
-    io_manager_key="lake_io_manager",
-    kinds={"pyarrow", "delta"},
-    description="Per day and region: orders, revenue in USD, distinct users.",
-)
-def daily_revenue(orders: pa.Table) -> pa.Table:
-    return daily_revenue_table(orders)
-
-
-@dg.asset(
-    ins={"daily": dg.AssetIn(key=daily_revenue.key, partition_mapping=dg.TimeWindowPartitionMapping())},
+    ins={"daily": dg.AssetIn(key=DAILY_REVENUE, partition_mapping=dg.TimeWindowPartitionMapping())},
     partitions_def=monthly_partitions,
     backfill_policy=single_run,
-    automation_condition=follows_upstream(wait_for_complete_upstream=True),
     group_name="revenue",
     io_manager_key="lake_io_manager",
     metadata={"partition_column": "month"},
     kinds={"pyarrow", "delta"},
-    description="Per month and region: orders, revenue in USD, days with data. Refreshed when any of its days is rewritten.",
+    description="Per month and region: orders, revenue in USD, days with data. Published only for complete months.",
 )
-def monthly_revenue(daily: pa.Table) -> pa.Table:
+def monthly_revenue(context: dg.AssetExecutionContext, daily: pa.Table) -> pa.Table:
+    window = context.partition_time_window
+    days = DayWindow(window.start.date(), window.end.date()).days
+    present = set(daily["day"].to_pylist())
+    lacking = [d.isoformat() for d in days if d.isoformat() not in present]
+    if lacking:
+        raise dg.Failure(
+            description=(
+                f"monthly_revenue {window.start.date():%Y-%m}: {len(lacking)} of {len(days)} days lack daily_revenue "
+                f"({', '.join(lacking[:10])}{', ...' if len(lacking) > 10 else ''}); a month is published only "
+                "complete. Materialize (or un-hold) those days first."
+            ),
+            metadata={"days_lacking": ", ".join(lacking)},
+            allow_retries=False,
+        )
     return monthly_revenue_table(daily)
 
 
 @dg.asset(
-    ins={"daily": dg.AssetIn(key=daily_revenue.key)},
-    automation_condition=follows_upstream(wait_for_complete_upstream=False),
+    ins={"daily": dg.AssetIn(key=DAILY_REVENUE)},
     group_name="revenue",
     io_manager_key="lake_io_manager",
     kinds={"pyarrow", "delta"},
     description="Per region, the trailing 30 days up to the latest day with data: orders, revenue, daily average.",
 )
-def revenue_summary(daily: pa.Table) -> pa.Table:
-    return revenue_summary_table(daily)
+def revenue_summary(context: dg.AssetExecutionContext, daily: pa.Table) -> pa.Table:
+    summary = revenue_summary_table(daily)
+    context.add_output_metadata({"latest_day": summary["window_end"][0].as_py() if summary.num_rows else "none"})
+    return summary

@@ -3,7 +3,7 @@ fan-out, extraction step; immutable landing zone)."""
 
 import dagster as dg
 
-from pipeline_patterns.defs.lake import LandingZone
+from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
 from pipeline_patterns.defs.sources import OrdersSource
@@ -17,6 +17,9 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
         group_name="landing",
         io_manager_key="landing_io_manager",
         kinds={"csv"},
+        # Unexpected transient failures (a lost worker, a full disk that recovers); the feed's own
+        # known transient errors get capped backoff through RetryRequested (resilience.py).
+        retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
         description=f"The {region} order feed of a day, landed as the CSV files the source delivered.",
     )
     def raw_orders(
@@ -38,6 +41,10 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
             )
             manifest = landing.land(region, day, run_id, delivered)
             files, size = files + len(manifest.files), size + manifest.bytes
+            context.add_asset_metadata(
+                {"files": len(manifest.files), "bytes": manifest.bytes, "landed_by_run": run_id},
+                partition_key=day.isoformat(),
+            )
         return dg.MaterializeResult(
             metadata={
                 "files": files,

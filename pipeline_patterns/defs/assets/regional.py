@@ -1,132 +1,178 @@
-"""regional_orders/<region>: a region's landed files parsed, typed and deduplicated in Spark,
-passed through the quality gates, and stored in Delta (patterns: fan-out; quality gate with a
-process-or-quarantine branch; idempotent window writes).
+"""regional_orders/<region> and quarantined_orders/<region>: a region's landed files parsed, typed
+and deduplicated in Spark, gated, and each region-day sent down one branch (patterns: fan-out;
+quality gate with a process-or-quarantine branch; idempotent window writes).
 
-Each region-day takes one branch: it passes every blocking gate and is written to the clean
-table, or it goes whole to `quarantined_orders` with the failed checks and the reason, and its
-clean partition is left empty (the clean table never holds data that failed its gate). Re-running
-the region-day after a fix moves it back: each run replaces its region's days in both tables.
+One step per region writes both tables of its branch, each replacing exactly the run's days in one
+transaction. A quarantined region-day is the designed outcome, not an error: the step succeeds,
+the day's clean partition is empty, its rows are in quarantine with the failed checks, and only
+the fan-in of that day is held (see global_merge.py). Each day reports its own branch and row
+counts. What must stop everything stays a blocking ERROR: `rows_accounted` failing means rows
+were lost, and then nothing is written.
 
-Each region is its own asset and step, so one region failing never stops the others. The steps
-share the run's one Spark session (in-process executor); Spark spreads each region's job over
-every core, which is where the parallelism lives (FACTS.md: a JVM per step process costs more
-than it gains on a small machine).
+Each region is its own step, so one region failing never stops the others. The steps share the
+run's one Spark session (in-process executor); Spark spreads each region's job over every core.
 """
 
 import datetime as dt
+from collections import defaultdict
 
 import dagster as dg
 import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, gate_results, gate_specs
-from pipeline_patterns.defs.lake import LandingZone, QuarantineTable
+from pipeline_patterns.defs.lake import Lake
+from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
+from pipeline_patterns.defs.resilience import Notifier
+from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing as landing_files
-from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_table, split_by_day
-from pipeline_patterns.lib.rules import RuleOutcome, blocking_failures, evaluate_day
+from pipeline_patterns.lib.orders import STAGED_SCHEMA, regional_orders_table, split_by_day
+from pipeline_patterns.lib.quarantine import RegionDay, route
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
 
-def header_drift_by_day(files: list[str]) -> dict[str, str]:
-    """Landed files whose header is not the expected one, by day: schema drift at the source."""
-    drift = {}
-    for file in files:
-        columns = landing_files.header(file)
-        if columns and columns != list(RECORD_FIELDS):
-            drift[file.split("/")[-3]] = f"{file.split('/')[-1]}: {', '.join(columns)}"
-    return drift
+def regional_key(region: str) -> dg.AssetKey:
+    return dg.AssetKey(["regional_orders", region_key(region)])
 
 
-def quarantine_rows(rows: pa.Table, failures: list[RuleOutcome], run_id: str) -> pa.Table:
-    """A region-day's rows as quarantined: with the failed checks, the reason, run and time."""
-    n = rows.num_rows
-    reason = "; ".join(f"{f.rule}: {f.failing_rows or f.details} (e.g. {f.sample_keys[:3]})" for f in failures)
-    audit = {
-        "failed_checks": pa.array([",".join(f.rule for f in failures)] * n, pa.string()),
-        "reason": pa.array([reason] * n, pa.string()),
-        "quarantined_by_run": pa.array([run_id] * n, pa.string()),
-        "quarantined_at": pa.array([dt.datetime.now(dt.UTC)] * n, pa.timestamp("us", tz="UTC")),
-    }
-    for name, values in audit.items():
-        rows = rows.append_column(name, values)
-    return rows
-
-
-QUARANTINE_SCHEMA = REGIONAL_SCHEMA.append(pa.field("parse_errors", pa.string())).append(
-    pa.field("failed_checks", pa.string())
-).append(pa.field("reason", pa.string())).append(pa.field("quarantined_by_run", pa.string())).append(
-    pa.field("quarantined_at", pa.timestamp("us", tz="UTC"))
-)
+def quarantine_key(region: str) -> dg.AssetKey:
+    return dg.AssetKey(["quarantined_orders", region_key(region)])
 
 
 def regional_orders_asset(region: str) -> dg.AssetsDefinition:
-    key = dg.AssetKey(["regional_orders", region_key(region)])
+    clean_key, quarantined_key = regional_key(region), quarantine_key(region)
+    raw_key = dg.AssetKey(["raw_orders", region_key(region)])
 
-    @dg.asset(
-        key=key,
-        deps=[dg.AssetKey(["raw_orders", region_key(region)])],
+    @dg.multi_asset(
+        name=f"regional_orders__{region_key(region)}",
+        specs=[
+            dg.AssetSpec(
+                clean_key,
+                deps=[raw_key],
+                group_name="regional",
+                kinds={"pyspark", "delta"},
+                description=(
+                    f"{region} orders that passed every blocking gate: typed, one row per order and day "
+                    "(the latest delivery kept), in a Delta table partitioned by day."
+                ),
+            ).with_io_manager_key("lake_io_manager"),
+            dg.AssetSpec(
+                quarantined_key,
+                deps=[raw_key],
+                group_name="regional",
+                kinds={"delta"},
+                description=(
+                    f"{region} region-days that failed a blocking gate: all their rows, with the failed "
+                    "checks, the reason, the run and the time. Empty for a clean day."
+                ),
+            ).with_io_manager_key("lake_io_manager"),
+        ],
+        check_specs=gate_specs(clean_key),
         partitions_def=daily_partitions,
         backfill_policy=single_run,
-        group_name="regional",
-        io_manager_key="lake_io_manager",
-        kinds={"pyspark", "delta"},
-        check_specs=gate_specs(key),
-        description=(
-            f"{region} orders: typed, one row per order and day (the latest delivery kept), "
-            "gated by quality checks, in a Delta table partitioned by day."
-        ),
     )
     def regional_orders(
         context: dg.AssetExecutionContext,
         spark: PySparkResource,
         landing: LandingZone,
-        quarantine: QuarantineTable,
+        lake: Lake,
         quality_gates: QualityGates,
+        fx_rates: FxRates,
+        notifier: Notifier,
     ):
         window = day_window(context)
         files = landing.files(region, window.days)
-        orders, duplicates = regional_orders_table(spark.spark_session, files)
-        drift = header_drift_by_day(files)
-        settings = quality_gates.settings()
-        clean, quarantined, outcomes_by_day, branches = [], [], {}, {}
-        by_day = split_by_day(orders)
-        for day in window.days:
-            rows = by_day.get(day.isoformat(), orders.slice(0, 0))
-            staged = rows.append_column("landed_columns", pa.array([drift.get(day.isoformat())] * rows.num_rows, pa.string()))
-            outcomes = outcomes_by_day[day] = evaluate_day(staged, day, settings)
-            failures = blocking_failures(outcomes)
-            if failures:
-                quarantined.append(quarantine_rows(rows, failures, context.run.run_id))
-                branches[day.isoformat()] = "quarantined: " + ", ".join(f.rule for f in failures)
-                context.log.warning(f"{key.to_user_string()} {day}: quarantined {rows.num_rows} rows ({branches[day.isoformat()]})")
-            else:
-                clean.append(rows.drop_columns(["parse_errors"]))
-                branches[day.isoformat()] = "processed"
-        quarantine_table = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
-        quarantine.replace(region, window, quarantine_table.cast(QUARANTINE_SCHEMA), context.run.run_id)
-        clean_table = pa.concat_tables(clean) if clean else REGIONAL_SCHEMA.empty_table()
-        quarantined_days = [d for d, b in branches.items() if b != "processed"]
-        yield dg.Output(
-            clean_table,
-            metadata={
-                "branch": "processed" if not quarantined_days else "quarantined" if not clean else "mixed",
-                "quarantined_days": ", ".join(quarantined_days) or "none",
-                "branch_by_day": dg.MetadataValue.json(branches),
-                "duplicates_dropped": duplicates,
-                "rows_quarantined": quarantine_table.num_rows,
-                "landed_files": len(files),
-            },
+        staged = split_by_day(regional_orders_table(spark.spark_session, files))
+        files_by_day = defaultdict(list)
+        for file in files:
+            files_by_day[landing_files.day_of(file)].append(file)
+        settings = quality_gates.settings(fx_rates.currencies())
+        at, run_id = dt.datetime.now(dt.UTC), context.run.run_id
+        region_days = [
+            route(
+                day.isoformat(),
+                staged.get(day.isoformat(), STAGED_SCHEMA.empty_table()),
+                landed=landing_files.record_count(files_by_day[day.isoformat()]),
+                header_drift=header_drift(files_by_day[day.isoformat()]),
+                settings=settings,
+                run_id=run_id,
+                at=at,
+            )
+            for day in window.days
+        ]
+        checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
+        lost = [d.day for d in region_days if not d.accounted]
+        if lost:
+            yield from checks
+            raise dg.Failure(
+                description=(
+                    f"{clean_key.to_user_string()}: rows lost between landing and the tables on {', '.join(lost)} "
+                    "(landed != processed + duplicates + quarantined); nothing was written. See the "
+                    "rows_accounted check, then the landed files of those days."
+                ),
+                allow_retries=False,
+            )
+        clean = lake.replace(clean_key, pa.concat_tables([d.clean for d in region_days]), window, run_id)
+        quarantined = lake.replace(
+            quarantined_key, pa.concat_tables([d.quarantined for d in region_days]), window, run_id
         )
-        yield from gate_results(outcomes_by_day)
-        yield accounting_result(
-            landed=landing_files.record_count(files),
-            processed=clean_table.num_rows,
-            duplicates=duplicates,
-            quarantined=quarantine_table.num_rows,
+        for d in region_days:
+            report_region_day(context, clean_key, quarantined_key, d)
+            if d.branch == "quarantined":
+                context.log.warning(
+                    f"{clean_key.to_user_string()} {d.day}: quarantined {d.quarantined.num_rows} rows "
+                    f"({', '.join(d.failed_checks)}); the global day {d.day} is held until a corrected delivery"
+                )
+                notifier.notify("region_day_quarantined", region=region, day=d.day, checks=d.failed_checks, rows=d.quarantined.num_rows)
+        yield dg.MaterializeResult(
+            asset_key=clean_key,
+            metadata={"delta_version": clean.version, "table_uri": dg.MetadataValue.path(clean.table_uri)},
+            check_results=checks,
+        )
+        yield dg.MaterializeResult(
+            asset_key=quarantined_key,
+            metadata={"delta_version": quarantined.version, "table_uri": dg.MetadataValue.path(quarantined.table_uri)},
         )
 
     return regional_orders
+
+
+def report_region_day(
+    context: dg.AssetExecutionContext, clean_key: dg.AssetKey, quarantined_key: dg.AssetKey, d: RegionDay
+) -> None:
+    """Each day's own metadata: its row counts and the branch it took (a range run's
+    materialization would otherwise show the whole range's figures on every day)."""
+    context.add_asset_metadata(
+        {
+            "dagster/row_count": d.clean.num_rows,
+            "branch": d.branch if d.branch == "processed" else f"quarantined: {', '.join(d.failed_checks)}",
+            "rows_landed": d.landed,
+            "duplicates_dropped": d.duplicates,
+            "rows_quarantined": d.quarantined.num_rows,
+        },
+        asset_key=clean_key,
+        partition_key=d.day,
+    )
+    context.add_asset_metadata(
+        {
+            "dagster/row_count": d.quarantined.num_rows,
+            "failed_checks": ", ".join(d.failed_checks) or "none",
+            "reason": d.reason or "none",
+        },
+        asset_key=quarantined_key,
+        partition_key=d.day,
+    )
+
+
+def header_drift(files: list[str]) -> str | None:
+    """The landed files of a day whose header is not the expected one: schema drift at the source."""
+    drifted = [
+        f"{file.split('/')[-1]}: {', '.join(columns)}"
+        for file in files
+        if (columns := landing_files.header(file)) and columns != list(RECORD_FIELDS)
+    ]
+    return "; ".join(drifted) or None
 
 
 regional_orders_assets = [regional_orders_asset(region) for region in REGIONS]

@@ -1,0 +1,53 @@
+"""The landing zone as Dagster resources: files exactly as the source delivered them (pattern: an
+immutable raw layer; the layout itself is `lib/landing.py`'s)."""
+
+import datetime as dt
+import pathlib
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from pydantic import Field
+
+from pipeline_patterns.lib import landing
+from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
+
+
+class LandingZone(dg.ConfigurableResource):
+    """Where extracted files land, exactly as received: <root>/<region>/<day>/<run id>/."""
+
+    root: str = Field(description="Root folder of the landing zone.")
+
+    def land(self, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> landing.Manifest:
+        return landing.land(pathlib.Path(self.root), region, day, run_id, files)
+
+    def landed_by(self, region: str, day: dt.date) -> str | None:
+        """The run id of the region-day's current extraction, if any."""
+        manifest = landing.read_manifest(pathlib.Path(self.root), region, day)
+        return manifest.run_id if manifest else None
+
+    def files(self, region: str, days: list[dt.date]) -> list[str]:
+        return landing.landed_files(pathlib.Path(self.root), region, days)
+
+
+class LandingIOManager(dg.ConfigurableIOManager):
+    """Loads a region-day's landed files as one Arrow table of text columns, as received (so
+    `defs.load_asset_value(raw_orders/<region>, partition_key=...)` works). The raw assets write
+    their files themselves and return no value."""
+
+    root: str = Field(description="Root folder of the landing zone.")
+
+    def handle_output(self, context: dg.OutputContext, obj: None) -> None:
+        if obj is not None:
+            raise TypeError(f"{context.asset_key.to_user_string()} lands files itself and returns no value")
+
+    def load_input(self, context: dg.InputContext) -> pa.Table:
+        if not context.has_asset_partitions:
+            raise ValueError(f"{context.asset_key.to_user_string()} is daily-partitioned: pass a partition key")
+        region = context.asset_key.path[-1].replace("_", "-")
+        window = context.asset_partitions_time_window
+        days = DayWindow(window.start.date(), window.end.date()).days
+        files = landing.landed_files(pathlib.Path(self.root), region, days)
+        options = pacsv.ConvertOptions(column_types={name: pa.string() for name in RECORD_FIELDS})
+        return pa.concat_tables([pacsv.read_csv(f, convert_options=options) for f in files])

@@ -1,0 +1,40 @@
+"""The day window of a run: one partition is a one-day window, a backfill range a longer one
+(pattern: partitions and ranges; every write and read of a run covers exactly its window)."""
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class DayWindow:
+    """Days [start, end): one partition is a one-day window, a backfill range a longer one."""
+
+    start: dt.date
+    end: dt.date
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"empty day window [{self.start}, {self.end})")
+
+    def predicate(self, column: str, match: Mapping[str, str] | None = None) -> str:
+        """The window on `column`, narrowed to rows whose other columns equal `match`."""
+        clauses = [f"{column} >= '{self.start.isoformat()}'", f"{column} < '{self.end.isoformat()}'"]
+        clauses += [f"{name} = '{value}'" for name, value in (match or {}).items()]
+        return " AND ".join(clauses)
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days)]
+
+    def chunks(self, days_per_chunk: int) -> list["DayWindow"]:
+        """Consecutive sub-windows of at most `days_per_chunk` days, covering the window."""
+        days = self.days
+        return [
+            DayWindow(days[i], min(days[i] + dt.timedelta(days=days_per_chunk), self.end))
+            for i in range(0, len(days), days_per_chunk)
+        ]
+
+    def __str__(self) -> str:
+        last = self.end - dt.timedelta(days=1)
+        return self.start.isoformat() if last == self.start else f"{self.start}...{last}"
