@@ -10,6 +10,7 @@ from pathlib import Path
 DATA_DIR_VAR = "PIPELINE_PATTERNS_DATA_DIR"
 SPARK_MASTER_VAR = "PIPELINE_PATTERNS_SPARK_MASTER"
 SPARK_DRIVER_MEMORY_VAR = "PIPELINE_PATTERNS_SPARK_DRIVER_MEMORY"
+FEED_VOLUME_VAR = "PIPELINE_PATTERNS_FEED_VOLUME"
 
 
 def data_dir() -> Path:
@@ -24,3 +25,14 @@ def spark_master() -> str:
 
 def spark_driver_memory() -> str:
     return os.environ.get(SPARK_DRIVER_MEMORY_VAR) or "4g"
+
+
+def feed_volume() -> int | None:
+    """Orders per region-day of the simulated feed when $PIPELINE_PATTERNS_FEED_VOLUME is set (a
+    small feed for demos and tests); None keeps the resource's default."""
+    value = os.environ.get(FEED_VOLUME_VAR)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 10:
+        raise ValueError(f"{FEED_VOLUME_VAR}={value!r}: expected a whole number of orders per region-day, at least 10")
+    return int(value)

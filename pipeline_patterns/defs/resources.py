@@ -31,14 +31,18 @@ def spark_config() -> dict[str, str]:
 def build_resources(data_dir: Path) -> dict[str, object]:
     """Every resource the assets use, for a data dir (tests pass a temporary one)."""
     lake = Lake(uri=str(data_dir / "lake"))
+    volume = environment.feed_volume()
+    # a smaller feed keeps the volume gate proportionate: 20 %, as 1,000 of the default 5,000
+    sized = {"orders_per_day": volume} if volume else {}
+    gates = {"min_orders_per_day": volume // 5} if volume else {}
     return {
         "spark": PySparkResource(spark_config=spark_config()),
         "lake": lake,
         "landing": LandingZone(root=str(data_dir / "landing")),
         "landing_io_manager": LandingIOManager(root=str(data_dir / "landing")),
         "lake_io_manager": DeltaLakeIOManager(lake=lake),
-        "quality_gates": QualityGates(),
-        "orders_source": OrdersSource(),
+        "quality_gates": QualityGates(**gates),
+        "orders_source": OrdersSource(corrections_file=str(data_dir / "source_corrections.json"), **sized),
         "fx_rates": FxRates(),
         "notifier": Notifier(path=str(data_dir / "notifications.jsonl")),
         "source_breaker": Breaker(name="orders_source", store=str(data_dir / "breakers.sqlite")),

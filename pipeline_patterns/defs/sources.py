@@ -39,6 +39,13 @@ class OrdersSource(dg.ConfigurableResource):
             "region or day. Re-fetched, they arrive without their bad-day defects."
         ),
     )
+    corrections_file: str = Field(
+        default="",
+        description=(
+            "A JSON list of 'REGION DAY' entries the source has corrected since (written by "
+            "`pipeline-patterns source correct`), added to `corrected`: how a fix upstream reaches UI backfills."
+        ),
+    )
     failure_rate: float = Field(default=0.0, description="Share of calls that time out (fault injection).")
     outages: list[str] = Field(
         default=[], description="Outage windows, 'START/END' in ISO 8601 UTC: the feed refuses every call inside them."
@@ -52,7 +59,7 @@ class OrdersSource(dg.ConfigurableResource):
 
     def settings(self) -> feed.FeedSettings:
         corrected = set()
-        for entry in self.corrected:
+        for entry in [*self.corrected, *feed.read_corrections(self.corrections_file)]:
             region, _, day = entry.strip().partition(" ")
             if not day:
                 raise ValueError(f"OrdersSource.corrected: {entry!r} is not 'REGION DAY' (e.g. 'eu-west 2024-01-05')")

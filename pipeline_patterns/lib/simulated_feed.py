@@ -13,7 +13,10 @@ checked exactly. The feed has the defects real feeds have, on deterministic regi
 import dataclasses
 import datetime as dt
 import io
+import json
 import math
+import os
+import pathlib
 import random
 import zlib
 from collections.abc import Iterator, Sequence
@@ -235,6 +238,30 @@ def expected_orders(region: str, day: dt.date, settings: FeedSettings) -> pa.Tab
     order_ids = records["order_id"].to_pylist()
     keep = [i for i, oid in enumerate(order_ids) if i == 0 or order_ids[i - 1] != oid]
     return records.take(pa.array(keep))
+
+
+def read_corrections(path: str) -> list[str]:
+    """The 'REGION DAY' entries of a corrections file ([] when there is none yet)."""
+    if not path or not os.path.exists(path):
+        return []
+    try:
+        entries = json.loads(pathlib.Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"corrections file {path} is not valid JSON ({error}); rewrite it with `pipeline-patterns source correct`") from error
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ValueError(f"corrections file {path} must hold a JSON list of 'REGION DAY' strings")
+    return entries
+
+
+def add_corrections(path: str, entries: list[str]) -> list[str]:
+    """Record that the source corrected these region-days; atomic, so a reader sees old or new."""
+    merged = sorted(set(read_corrections(path)) | set(entries))
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1))
+    os.replace(tmp, target)
+    return merged
 
 
 def days_between(start: dt.date, end: dt.date) -> Iterator[dt.date]:
