@@ -12,7 +12,8 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from pipeline_patterns.lib.delta_writes import DayWindow, content_hash, read_table, replace_window
+from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.delta_writes import content_hash, read_table, replace_window
 
 JAN = dt.date(2024, 1, 1)
 

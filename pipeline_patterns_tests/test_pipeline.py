@@ -11,7 +11,7 @@ from deltalake import DeltaTable
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects, usd_rate
-from pipeline_patterns_tests.conftest import TEST_ORDERS_PER_DAY, materialize, pipeline_defs
+from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_defs
 
 pytestmark = pytest.mark.spark
 
@@ -125,17 +125,21 @@ def test_every_asset_is_readable_per_partition_with_load_asset_value(two_days):
 
 
 def test_materializations_report_rows_version_uri_and_duplicates(two_days):
-    _, _, results = two_days
-    for event in results[-1].get_asset_materialization_events():
+    data_dir, _, results = two_days
+    events = results[-1].get_asset_materialization_events()
+    assert {e.partition for e in events} == {"2024-01-03"}
+    for event in events:
         metadata = event.materialization.metadata
         if event.asset_key.path[0] == "raw_orders":
             assert metadata["files"].value >= 4
             continue
-        assert metadata["dagster/row_count"].value > 0
+        table = lake_table(data_dir, "/".join(event.asset_key.path))
+        assert metadata["dagster/row_count"].value == (pc.sum(pc.equal(table["day"], "2024-01-03")).as_py() or 0)
         assert metadata["delta_version"].value >= 1
         assert metadata["table_uri"].value.endswith("/".join(event.asset_key.path))
         if event.asset_key.path[0] == "regional_orders":
-            assert "duplicates_dropped" in metadata
+            assert metadata["branch"].value == "processed" and metadata["duplicates_dropped"].value >= 0
+            assert metadata["dagster/row_count"].value > 0
 
 
 def test_every_delta_commit_carries_the_run_id(two_days):
@@ -177,9 +181,8 @@ def test_a_range_in_one_run_equals_the_same_days_run_one_by_one(spark, tmp_path,
 
 def test_one_regions_failure_does_not_stop_the_other_regions(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize(
-        tmp_path, instance, partition="2024-01-02", raise_on_error=False, failure_rate=1.0
-    )
+    # fast retry and breaker timings (helpers): a failing source gives up in well under a second
+    result = materialize(tmp_path, instance, partition="2024-01-02", raise_on_error=False, failure_rate=1.0)
     assert not result.success
     # every extraction fails, so nothing downstream runs, but each region failed on its own
     failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
@@ -190,35 +193,42 @@ def test_one_regions_failure_does_not_stop_the_other_regions(spark, tmp_path):
         tmp_path,
         instance,
         partition="2024-01-02",
-        selection=["regional_orders/us_east", "regional_orders/eu_west"],
+        selection=[f"{layer}/{r}" for layer in ("regional_orders", "quarantined_orders") for r in ("us_east", "eu_west")],
         raise_on_error=False,
     )
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert done == {"regional_orders/us_east"}
+    assert done == {"regional_orders/us_east", "quarantined_orders/us_east"}
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no landed data for region eu-west on 2024-01-02" in str(failure.event_specific_data.error)
 
 
-def test_global_orders_refuses_a_window_with_a_missing_region_day_and_names_it(spark, tmp_path):
+def test_global_orders_holds_a_day_with_a_missing_region_day_names_it_and_processes_the_rest(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    three = [f"{layer}/{region_key(r)}" for r in REGIONS[:3] for layer in ("raw_orders", "regional_orders")]
+    three = [f"{layer}/{region_key(r)}" for r in REGIONS[:3] for layer in ("raw_orders", "regional_orders", "quarantined_orders")]
     materialize(tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=three)
-    materialize(tmp_path, instance, partition="2024-01-03", selection=["raw_orders/ap_south", "regional_orders/ap_south"])
-    result = materialize(tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=["global_orders"], raise_on_error=False)
+    last = ["raw_orders/ap_south", "regional_orders/ap_south", "quarantined_orders/ap_south"]
+    materialize(tmp_path, instance, partition="2024-01-03", selection=last)
+    result = materialize(
+        tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=["global_orders", "daily_revenue"], raise_on_error=False
+    )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "upstream not ready for 1 region-days (ap-south 2024-01-02)" in str(failure.event_specific_data.error)
-    assert not (tmp_path / "lake" / "global_orders").exists()
+    assert "held 1 of 2 days" in str(failure.event_specific_data.error)
+    assert "2024-01-02: ap-south: no clean data (not processed yet)" in str(failure.event_specific_data.error)
+    assert set(lake_table(tmp_path, "global_orders")["day"].to_pylist()) == {"2024-01-03"}
+    assert {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()} == {
+        ("global_orders", "2024-01-03"), ("daily_revenue", "2024-01-03")
+    }
     assert len([e for e in result.all_events if e.event_type_value == "STEP_START"]) == 1  # not retried
 
 
-def test_the_replay_check_passes_on_clean_tables_and_fails_on_a_tampered_one(spark, tmp_path):
+def test_the_replay_check_runs_on_demand_passes_on_clean_tables_and_fails_on_a_tampered_one(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize(tmp_path, instance, partition="2024-01-02")
-    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "replay_matches")
-    assert check.passed and check.metadata["days"].value == "2024-01-02"
+    materialize(tmp_path, instance, partition="2024-01-02")
+    checks = dg.AssetSelection.checks_for_assets("daily_revenue")
+    on_demand = materialize(tmp_path, instance, selection=checks, raise_on_error=False)
+    check = next(e for e in on_demand.get_asset_check_evaluations() if e.check_name == "replay_matches")
+    assert check.passed and check.metadata["day"].value == "2024-01-02"
     DeltaTable(str(tmp_path / "lake" / "global_orders")).delete("order_id = 'us-east-20240102-000001'")
-    on_demand = materialize(
-        tmp_path, instance, selection=dg.AssetSelection.checks_for_assets("daily_revenue"), raise_on_error=False
-    )
+    on_demand = materialize(tmp_path, instance, selection=checks, raise_on_error=False)
     check = next(e for e in on_demand.get_asset_check_evaluations() if e.check_name == "replay_matches")
     assert not check.passed and check.metadata["global_orders_identical"].value is False

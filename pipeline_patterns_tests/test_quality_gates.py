@@ -14,7 +14,7 @@ from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.rules import RULES, GateSettings, evaluate_day
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_defects
-from pipeline_patterns_tests.conftest import (
+from pipeline_patterns_tests.helpers import (
     TEST_MIN_ORDERS,
     TEST_ORDERS_PER_DAY,
     all_assets,
@@ -23,7 +23,7 @@ from pipeline_patterns_tests.conftest import (
 )
 
 DAY = dt.date(2024, 1, 2)
-SETTINGS = GateSettings(min_orders_per_day=2, max_orders_per_day=10)
+SETTINGS = GateSettings(min_orders_per_day=2, max_orders_per_day=10, known_currencies=("EUR", "USD"))
 HEADER = "order_id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
 
 
@@ -83,7 +83,9 @@ def test_every_rule_has_a_failing_example():
 
 
 def quarantine(data_dir) -> pa.Table:
-    return read_table(str(data_dir / "lake" / "quarantined_orders"))
+    """Every region's quarantined rows."""
+    tables = [read_table(str(p)) for p in sorted((data_dir / "lake" / "quarantined_orders").iterdir())]
+    return pa.concat_tables(tables)
 
 
 def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
@@ -93,7 +95,7 @@ def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str]
 
 
 @pytest.mark.spark
-def test_known_bad_region_days_are_quarantined_and_block_global_orders(spark, tmp_path):
+def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(spark, tmp_path):
     bad = {("eu-west", "2024-01-01"), ("us-east", "2024-01-05"), ("eu-west", "2024-01-05")}
     feed = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
     listed = {
@@ -105,9 +107,9 @@ def test_known_bad_region_days_are_quarantined_and_block_global_orders(spark, tm
     assert listed == bad  # what `pipeline-patterns source defects` announces
     instance = dg.DagsterInstance.ephemeral()
     result = materialize(tmp_path, instance, first="2024-01-01", last="2024-01-05", raise_on_error=False)
-    assert not result.success
-    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "global_orders" not in materialized and "regional_orders/us_west" in materialized
+    assert not result.success  # the run reports the held days
+    global_days = {e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["global_orders"]}
+    assert global_days == {"2024-01-02", "2024-01-03", "2024-01-04"}
 
     quarantined = quarantine(tmp_path)
     assert set(zip(quarantined["region"].to_pylist(), quarantined["day"].to_pylist())) == bad
@@ -129,7 +131,7 @@ def test_known_bad_region_days_are_quarantined_and_block_global_orders(spark, tm
 def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
     result = materialize(
         tmp_path, dg.DagsterInstance.ephemeral(), partition="2024-02-09",
-        selection=["raw_orders/eu_west", "regional_orders/eu_west"], raise_on_error=False,
+        selection=["raw_orders/eu_west", "regional_orders/eu_west", "quarantined_orders/eu_west"], raise_on_error=False,
     )
     volume = next(e for e in result.get_asset_check_evaluations() if e.check_name == "volume_within_bounds")
     assert not volume.passed
@@ -140,11 +142,11 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
 @pytest.mark.spark
 def test_a_quarantined_day_moves_to_the_clean_table_once_its_source_is_fixed(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    selection = ["raw_orders/us_east", "regional_orders/us_east"]
+    selection = ["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east"]
     materialize(tmp_path, instance, partition="2024-01-05", selection=selection, raise_on_error=False)
     assert quarantine(tmp_path).num_rows == TEST_ORDERS_PER_DAY
-    # the source is fixed (no more null user ids): re-extract and re-process the same day
-    fixed = materialize(tmp_path, instance, partition="2024-01-05", selection=selection, null_user_day_rate=0.0)
+    # the source corrects the day (no more null user ids): re-extract and re-process the same day
+    fixed = materialize(tmp_path, instance, partition="2024-01-05", selection=selection, corrected=["us-east 2024-01-05"])
     assert fixed.success
     assert quarantine(tmp_path).num_rows == 0
     clean = read_table(str(tmp_path / "lake" / "regional_orders" / "us_east"))
@@ -199,7 +201,7 @@ def _materialize_small(data_dir) -> dg.ExecuteInProcessResult:
     """The regional step over hand-landed files, with volume bounds that fit three orders."""
     return dg.materialize(
         all_assets(),
-        selection=["regional_orders/us_east"],
+        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
         partition_key=DAY.isoformat(),
         resources={**pipeline_resources(data_dir), "quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24)},
         instance=dg.DagsterInstance.ephemeral(),
@@ -214,6 +216,28 @@ def test_schema_drift_in_a_landed_header_is_quarantined(spark, tmp_path):
     result = _materialize_small(tmp_path)
     schema = next(e for e in result.get_asset_check_evaluations() if e.check_name == "schema_matches")
     assert not schema.passed and "id, user_id" in schema.metadata["landed_header_drift"].value
+
+
+@pytest.mark.spark
+def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp_path):
+    result = materialize(
+        tmp_path, dg.DagsterInstance.ephemeral(), first="2024-01-04", last="2024-01-06",
+        selection=["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east"],
+    )
+    assert result.success  # a quarantined day is the designed branch, not a failure
+    per_day = {
+        (e.asset_key.path[0], e.partition): e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
+    assert per_day[("regional_orders", "2024-01-05")]["branch"].value == "quarantined: user_id_not_null"
+    assert per_day[("regional_orders", "2024-01-05")]["dagster/row_count"].value == 0
+    assert per_day[("quarantined_orders", "2024-01-05")]["dagster/row_count"].value == TEST_ORDERS_PER_DAY
+    assert per_day[("quarantined_orders", "2024-01-05")]["failed_checks"].value == "user_id_not_null"
+    for day in ("2024-01-04", "2024-01-06"):
+        assert per_day[("regional_orders", day)]["branch"].value == "processed"
+        assert per_day[("regional_orders", day)]["dagster/row_count"].value == TEST_ORDERS_PER_DAY
+        assert per_day[("quarantined_orders", day)]["dagster/row_count"].value == 0
+    gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "user_id_not_null")
+    assert not gate.passed and gate.metadata["failing_days"].value == "2024-01-05"
 
 
 @pytest.mark.spark

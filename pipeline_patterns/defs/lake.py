@@ -35,7 +35,8 @@ class Lake(dg.ConfigurableResource):
         return "/".join([self.uri.rstrip("/"), *key.path])
 
     def options(self) -> dict[str, str]:
-        return {k: v for k, v in self.storage.str_dict().items() if k != "provider"}
+        # as dagster-deltalake's str_dict(), without its pydantic-v1 call
+        return {k: str(v) for k, v in self.storage.model_dump().items() if v is not None and k != "provider"}
 
     def read(self, key: dg.AssetKey, window: DayWindow | None = None, partition_column: str = "day") -> pa.Table:
         return read_table(self.table_uri(key), window, partition_column=partition_column, storage_options=self.options())
