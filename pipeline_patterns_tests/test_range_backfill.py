@@ -1,0 +1,136 @@
+"""A default-config range backfill (the feed's bad region-days ON) finishes every ready day in ONE
+run, quarantines exactly the bad region-days, holds exactly their global days, and leaves
+Dagster's partition statuses true."""
+
+import datetime as dt
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
+from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
+from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects
+from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize
+
+pytestmark = pytest.mark.spark
+
+SETTINGS = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
+DAYS = [(dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(10)]
+# what `pipeline-patterns source defects` announces for these days
+BAD = {
+    (r, d)
+    for r in REGIONS
+    for d in DAYS
+    if {"null_user_ids", "collapsed_volume"} & set(region_day_defects(r, dt.date.fromisoformat(d), SETTINGS).defects)
+}
+HELD = sorted({d for _, d in BAD})
+READY = [d for d in DAYS if d not in HELD]
+
+
+def table(data_dir, name: str) -> pa.Table:
+    return read_table(str(data_dir / "lake" / name))
+
+
+def hashes(data_dir) -> dict[str, str]:
+    names = ["global_orders", "daily_revenue"] + [
+        f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders")
+    ]
+    return {name: content_hash(table(data_dir, name), exclude=AUDIT_COLUMNS) for name in names}
+
+
+@pytest.fixture(scope="module")
+def backfill(spark, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("range")
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(data_dir, instance, first=DAYS[0], last=DAYS[-1], raise_on_error=False)
+    return data_dir, instance, result
+
+
+def test_the_range_has_bad_region_days_on_more_than_one_day():
+    assert len(HELD) >= 2 and DAYS[0] in HELD and READY
+
+
+def test_one_run_processes_every_ready_day_and_holds_exactly_the_days_with_a_bad_region_day(backfill):
+    data_dir, _, result = backfill
+    orders = table(data_dir, "global_orders")
+    assert sorted(set(orders["day"].to_pylist())) == READY
+    middle = READY[len(READY) // 2]
+    rows = orders.filter(pc.equal(orders["day"], middle))
+    expected = pa.concat_tables(expected_orders(r, dt.date.fromisoformat(middle), SETTINGS) for r in REGIONS)
+    assert sorted(rows["order_id"].to_pylist()) == sorted(expected["order_id"].to_pylist())
+    revenue = table(data_dir, "daily_revenue")
+    assert sorted(set(revenue["day"].to_pylist())) == READY and revenue.num_rows == len(READY) * len(REGIONS)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "global_orders_and_daily_revenue"
+    message = str(failure.event_specific_data.error)
+    assert f"held {len(HELD)} of {len(DAYS)} days" in message
+    for region, day in BAD:
+        assert f"{region}: quarantined (" in message and f"{day}: " in message
+
+
+def test_the_quarantine_holds_exactly_the_bad_region_days_rows(backfill):
+    data_dir, _, _ = backfill
+    for region in REGIONS:
+        quarantined = table(data_dir, f"quarantined_orders/{region_key(region)}")
+        bad_days = sorted(d for r, d in BAD if r == region)
+        assert sorted(set(quarantined["day"].to_pylist())) == bad_days
+        for day in bad_days:
+            rows = quarantined.filter(pc.equal(quarantined["day"], day))
+            assert rows.num_rows == expected_orders(region, dt.date.fromisoformat(day), SETTINGS).num_rows
+            assert set(rows["reason"].to_pylist()) and all(rows["failed_checks"].to_pylist())
+
+
+def test_every_region_day_accounts_for_every_landed_row(backfill):
+    _, _, result = backfill
+    seen = 0
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.path[0] != "regional_orders":
+            continue
+        m = event.materialization.metadata
+        quarantined = m["rows_quarantined"].value
+        assert m["rows_landed"].value == m["dagster/row_count"].value + m["duplicates_dropped"].value + quarantined
+        region = event.asset_key.path[1].replace("_", "-")
+        assert (quarantined > 0) == ((region, event.partition) in BAD)
+        seen += 1
+    assert seen == len(REGIONS) * len(DAYS)
+
+
+def test_partition_statuses_are_true_per_day(backfill):
+    _, instance, _ = backfill
+
+    def statuses(key: str) -> dict[str, set[str]]:
+        by_status: dict[str, set[str]] = {}
+        found = instance.get_status_by_partition(dg.AssetKey.from_user_string(key), DAYS, daily_partitions) or {}
+        for day in DAYS:
+            by_status.setdefault(str(found.get(day)), set()).add(day)
+        return by_status
+
+    for key in ("global_orders", "daily_revenue"):
+        assert statuses(key) == {"AssetPartitionStatus.MATERIALIZED": set(READY), "AssetPartitionStatus.FAILED": set(HELD)}
+    for region in REGIONS:
+        for layer in ("raw_orders", "regional_orders", "quarantined_orders"):
+            assert statuses(f"{layer}/{region_key(region)}") == {"AssetPartitionStatus.MATERIALIZED": set(DAYS)}
+
+
+def test_rerunning_overlapping_ranges_in_another_order_leaves_identical_content(backfill, tmp_path):
+    data_dir, _, _ = backfill
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(tmp_path, instance, first=DAYS[4], last=DAYS[-1], raise_on_error=False)
+    materialize(tmp_path, instance, first=DAYS[0], last=DAYS[6], raise_on_error=False)
+    materialize(tmp_path, instance, partition=DAYS[5], raise_on_error=False)
+    assert hashes(tmp_path) == hashes(data_dir)
+
+
+def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(backfill, tmp_path):
+    data_dir, _, _ = backfill
+    instance = dg.DagsterInstance.ephemeral()
+    corrected = [f"{r} {d}" for r, d in sorted(BAD)]
+    for day in HELD:  # "backfill only failed and missing": each held day is its own block here
+        assert materialize(tmp_path, instance, partition=day, corrected=corrected).success
+    orders = table(tmp_path, "global_orders")
+    assert sorted(set(orders["day"].to_pylist())) == HELD
+    for region in REGIONS:
+        assert table(tmp_path, f"quarantined_orders/{region_key(region)}").num_rows == 0
