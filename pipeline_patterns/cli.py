@@ -5,13 +5,17 @@ patterns) tools to inspect and prove the pipeline's guarantees.
     pipeline-patterns breaker status [NAME]      the circuit breakers' shared state
     pipeline-patterns breaker reset NAME         close a breaker by hand
     pipeline-patterns verify-idempotency --start 2024-01-01 --end 2024-01-31
-                                                 replay a range, compare with the live tables
+                                                 replay a range from the landing zone, compare
+                                                 with the live tables
+
+Output is meant for pipes: a reader that stops early (`| head -1`) ends the command quietly.
 """
 
 import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 
 from pipeline_patterns import environment
@@ -61,13 +65,14 @@ def breaker_reset(args: argparse.Namespace) -> int:
 
 
 def verify_idempotency(args: argparse.Namespace) -> int:
-    """One JSON line per table; exit 1 unless every table is identical to a clean replay."""
+    """One JSON line per table; exit 1 unless every table is identical to a clean replay of the
+    live landing zone (default resource configuration, see the command's help)."""
     from pipeline_patterns.replay import verify_range  # imports Spark and the code location
 
     comparisons = verify_range(environment.data_dir(), args.start, args.end)
     for comparison in comparisons:
         print(json.dumps(dataclasses.asdict(comparison)))
-    identical = all(c.identical for c in comparisons)
+    identical = bool(comparisons) and all(c.identical for c in comparisons)  # nothing compared proves nothing
     print(json.dumps({"range": f"{args.start}...{args.end}", "identical": identical}))
     return 0 if identical else 1
 
@@ -102,7 +107,17 @@ def parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify-idempotency",
-        help="replay a day range into a scratch dir and compare content hashes with the live tables",
+        help="replay a day range from the live landing zone into a scratch lake and compare content hashes with the live tables",
+        description=(
+            "Replays [--start, --end] in one run from the live landing zone ($PIPELINE_PATTERNS_DATA_DIR/landing, "
+            "read only; the source is never called) through every daily asset downstream of it into a "
+            "scratch lake, then compares each table's rows in the range with the live lake by content hash "
+            "(run-id and time audit columns excluded). The replay uses the DEFAULT resource configuration "
+            "(pipeline_patterns.defs.resources.build_resources, sized by $PIPELINE_PATTERNS_FEED_VOLUME when "
+            "set): if the live tables were built with other settings (quality gates, FX rates), days may "
+            "branch differently and the tables differ. Prints one JSON line per table and a verdict line; "
+            "exit 0 when every table is identical, 1 otherwise (or when there is no table to compare)."
+        ),
     )
     verify.add_argument("--start", type=_day, required=True, help="first day, YYYY-MM-DD")
     verify.add_argument("--end", type=_day, required=True, help="last day (inclusive), YYYY-MM-DD")
@@ -114,7 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "end", None) and getattr(args, "start", None) and args.end < args.start:
         parser().error(f"--end {args.end} is before --start {args.start}")
-    return args.handler(args)
+    try:
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly, as `cat` does. Point stdout at devnull
+        # so the interpreter's final flush of the buffered rest does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 if __name__ == "__main__":

@@ -3,14 +3,14 @@
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline_patterns.defs.resources import spark_config
+from pipeline_patterns_tests.helpers import TEST_SPARK_CONFIG
 
 
 @pytest.fixture(scope="session")
 def spark() -> SparkSession:
     """The suite's one Spark session; PySparkResource's getOrCreate() picks it up."""
     builder = SparkSession.builder
-    for key, value in {**spark_config(), "spark.master": "local[2]"}.items():
+    for key, value in TEST_SPARK_CONFIG.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     yield session

@@ -7,7 +7,9 @@ import dagster as dg
 
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
-from pipeline_patterns.defs.resources import build_resources
+from dagster_pyspark import PySparkResource
+
+from pipeline_patterns.defs.resources import build_resources, spark_config
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.definitions import defs
 
@@ -18,6 +20,8 @@ TEST_ORDERS_PER_DAY = 400
 TEST_MIN_ORDERS = TEST_ORDERS_PER_DAY // 5  # as the code location sizes it for PIPELINE_PATTERNS_FEED_VOLUME
 FAST_RETRIES = RetrySettings(base_delay=0.01, backoff_factor=2.0, max_delay=0.05, jitter=0.2, max_retries=6)
 FAST_BREAKER_RECOVERY = 0.2
+# A few hundred rows a region-day: two shuffle partitions (one per core), not eight.
+TEST_SPARK_CONFIG = {**spark_config(), "spark.master": "local[2]", "spark.sql.shuffle.partitions": "2"}
 # Subprocesses (`dagster asset materialize`, `dagster dev`) run at the same test volume.
 TEST_ENV = {"PIPELINE_PATTERNS_FEED_VOLUME": str(TEST_ORDERS_PER_DAY)}
 
@@ -26,6 +30,7 @@ def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, obj
     store = str(data_dir / "breakers.sqlite")
     return {
         **build_resources(data_dir),
+        "spark": PySparkResource(spark_config=TEST_SPARK_CONFIG),
         "quality_gates": QualityGates(min_orders_per_day=TEST_MIN_ORDERS),
         "orders_source": OrdersSource(
             **{

@@ -1,5 +1,7 @@
-"""A partition backfill launched through the webserver's GraphQL API, exactly as the UI does,
-run by the daemon of a real `dagster dev`."""
+"""A range backfill launched through the webserver's GraphQL API exactly as the UI does, run by
+the daemon of a real `dagster dev`, end to end: partial success inside one range run, the UI's
+"Backfill only failed and missing partitions", and the fix-up backfill after the source corrects
+its bad region-days."""
 
 import datetime as dt
 import os
@@ -17,36 +19,83 @@ import requests
 
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.lib.delta_writes import read_table
-from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders
-from pipeline_patterns_tests.conftest import PROJECT_ROOT
+from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, expected_orders, region_day_defects
+from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_PER_DAY
 
 pytestmark = pytest.mark.subprocess
 
-DAYS = ["2024-01-02", "2024-01-03", "2024-01-04"]
-DAILY_GRAPH = [["raw_orders", region_key(r)] for r in REGIONS] + [
-    ["regional_orders", region_key(r)] for r in REGIONS
-] + [["global_orders"], ["daily_revenue"]]
+LOCATION = "pipeline_patterns"
+DAYS = [(dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(10)]
+# With the default seed (any volume) the feed's bad region-days in DAYS; a day is held when any
+# of its four region-days is bad.
+BAD_REGION_DAYS = {("eu-west", "2024-01-01"), ("us-east", "2024-01-05"), ("eu-west", "2024-01-05")}
+HELD_DAYS = ["2024-01-01", "2024-01-05"]
 
+RAW = [("raw_orders", region_key(r)) for r in REGIONS]
+REGIONAL = [("regional_orders", region_key(r)) for r in REGIONS]
+QUARANTINE = [("quarantined_orders", region_key(r)) for r in REGIONS]
+FAN_IN = [("global_orders",), ("daily_revenue",)]
+DAILY_GRAPH = RAW + REGIONAL + QUARANTINE + FAN_IN
+
+BACKFILL_TIMEOUT = 600
+POLL = 2.5
+NOT_TERMINAL = {"REQUESTED", "CANCELING", "FAILING"}
+
+REPOSITORIES = """
+query {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } } }
+    ... on PythonError { message }
+  }
+}"""
 LAUNCH = """
 mutation ($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
     __typename
     ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
+    ... on PythonError { message stack }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+    ... on UnauthorizedError { message }
   }
 }"""
-STATUS = """
+BACKFILL = """
 query ($id: String!) {
-  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      partitionNames
+      runs { runId status tags { key value } }
+      error { message }
+    }
+    ... on PythonError { message }
+  }
 }"""
 PARTITIONS = """
 query ($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
+    __typename
     ... on AssetNode {
       assetPartitionStatuses {
+        __typename
         ... on TimePartitionStatuses { ranges { status startKey endKey } }
       }
     }
+  }
+}"""
+INSTIGATORS = """
+query ($repo: RepositorySelector!) {
+  sensorsOrError(repositorySelector: $repo) {
+    __typename
+    ... on Sensors { results { name sensorState { status } } }
+    ... on PythonError { message }
+  }
+  schedulesOrError(repositorySelector: $repo) {
+    __typename
+    ... on Schedules { results { name scheduleState { status } } }
+    ... on PythonError { message }
   }
 }"""
 
@@ -59,15 +108,18 @@ def free_port() -> int:
 
 @pytest.fixture
 def dagster_dev(tmp_path):
-    """`dagster dev` (webserver + daemon) on a free port, a temporary DAGSTER_HOME and data dir;
-    afterwards exactly its process group is stopped."""
+    """`dagster dev` (webserver + daemon) on a free port, a temporary DAGSTER_HOME with the
+    project's dagster.yaml, a data dir of its own and the test feed volume; afterwards exactly
+    its process group is stopped."""
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    data_dir = tmp_path / "data"
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, **TEST_ENV, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(data_dir)}
     dagster = pathlib.Path(sys.executable).parent / "dagster"
-    log = (tmp_path / "dagster_dev.log").open("w")
+    log_path = tmp_path / "dagster_dev.log"
+    log = log_path.open("w")
     server = subprocess.Popen(
         [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
         cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -75,14 +127,16 @@ def dagster_dev(tmp_path):
     url = f"http://127.0.0.1:{port}/graphql"
     try:
         deadline = time.time() + 180
-        while time.time() < deadline:
-            assert server.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+        while True:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "dagster dev did not serve in 180 s:\n" + log_path.read_text()[-3000:]
             try:
                 if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
                     break
             except requests.ConnectionError:
-                time.sleep(1)
-        yield url, tmp_path / "data"
+                pass
+            time.sleep(1)
+        yield url, data_dir, log_path
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -101,38 +155,131 @@ def graphql(url: str, query: str, **variables) -> dict:
     return body["data"]
 
 
-def missing_days(url: str, key: list[str], days: list[str]) -> list[str]:
-    """What the UI's "missing only" option would backfill: the days not materialized."""
-    node = graphql(url, PARTITIONS, key={"path": key})["assetNodeOrError"]
-    done = set()
-    for span in node["assetPartitionStatuses"]["ranges"]:
-        if span["status"] == "MATERIALIZED":
-            done |= {d for d in days if span["startKey"] <= d <= span["endKey"]}
-    return [d for d in days if d not in done]
-
-
-def test_a_backfill_launched_like_the_ui_materializes_every_partition(dagster_dev):
-    url, data_dir = dagster_dev
-    selection = [{"path": key} for key in DAILY_GRAPH]
-    launched = graphql(url, LAUNCH, params={"assetSelection": selection, "partitionNames": DAYS})
-    result = launched["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-    deadline = time.time() + 600
-    status = None
+def repository(url: str) -> dict:
+    """The selector of the code location's repository, once the webserver has loaded it."""
+    deadline = time.time() + 180
     while time.time() < deadline:
-        status = graphql(url, STATUS, id=result["backfillId"])["partitionBackfillOrError"]["status"]
-        if status not in ("REQUESTED", "CANCELING"):
-            break
-        time.sleep(3)
-    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+        found = graphql(url, REPOSITORIES)["repositoriesOrError"]
+        for node in found.get("nodes", []):
+            if node["location"]["name"] == LOCATION:
+                return {"repositoryName": node["name"], "repositoryLocationName": LOCATION}
+        time.sleep(2)
+    raise AssertionError(f"code location {LOCATION} not loaded in 180 s: {found}")
 
+
+def launch_backfill(url: str, keys: list[tuple[str, ...]], partition_names: list[str]) -> str:
+    """What the UI's "Materialize selected" dialog sends for a partition range."""
+    params = {
+        "assetSelection": [{"path": list(key)} for key in keys],
+        "partitionNames": partition_names,
+        "fromFailure": False,
+        "tags": [],
+    }
+    result = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    return result["backfillId"]
+
+
+def wait_for_backfill(url: str, backfill_id: str, log_path: pathlib.Path) -> dict:
+    """Poll the backfill until it reaches a terminal status; return it (status and runs)."""
+    deadline = time.time() + BACKFILL_TIMEOUT
+    started = time.time()
+    while True:
+        backfill = graphql(url, BACKFILL, id=backfill_id)["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        if backfill["status"] not in NOT_TERMINAL:
+            break
+        assert time.time() < deadline, (
+            f"backfill {backfill_id} still {backfill['status']} after {BACKFILL_TIMEOUT} s: {backfill}\n"
+            + log_path.read_text()[-3000:]
+        )
+        time.sleep(POLL)
+    runs = [(r["runId"][:8], r["status"]) for r in backfill["runs"]]
+    print(f"backfill {backfill_id} {backfill['partitionNames']}: {backfill['status']} after "
+          f"{time.time() - started:.0f} s, runs {runs}, error {backfill['error']}")
+    return backfill
+
+
+def partition_statuses(url: str, key: tuple[str, ...], days: list[str]) -> dict[str, str]:
+    """Each day's status as the asset's partition bar shows it: MATERIALIZED, FAILED,
+    MATERIALIZING, or MISSING (in no range)."""
+    node = graphql(url, PARTITIONS, key={"path": list(key)})["assetNodeOrError"]
+    assert node["__typename"] == "AssetNode", node
+    statuses = node["assetPartitionStatuses"]
+    assert statuses["__typename"] == "TimePartitionStatuses", statuses
+    by_day = dict.fromkeys(days, "MISSING")
+    for span in statuses["ranges"]:
+        for day in days:
+            if span["startKey"] <= day <= span["endKey"]:
+                by_day[day] = span["status"]
+    return by_day
+
+
+def graph_statuses(url: str, days: list[str]) -> dict[tuple[str, ...], dict[str, str]]:
+    return {key: partition_statuses(url, key, days) for key in DAILY_GRAPH}
+
+
+def failed_and_missing_only(statuses: dict[tuple[str, ...], dict[str, str]], days: list[str]) -> list[str]:
+    """The UI's "Backfill only failed and missing partitions", computed in the browser from the
+    partition bars: a day is kept if ANY selected asset is missing or failed there."""
+    return [d for d in days if any(by_day[d] in ("MISSING", "FAILED") for by_day in statuses.values())]
+
+
+def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(dagster_dev):
+    url, data_dir, log_path = dagster_dev
+    repo = repository(url)
+
+    # the feed's defects are what this test expects (default seed, any volume)
+    settings = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
+    bad = {
+        (r, d) for r in REGIONS for d in DAYS
+        if (f := region_day_defects(r, dt.date.fromisoformat(d), settings)).null_user_ids or f.collapsed_volume
+    }
+    assert bad == BAD_REGION_DAYS
+
+    # 5. the automation is on without anyone switching it on
+    instigators = graphql(url, INSTIGATORS, repo=repo)
+    sensors = {s["name"]: s["sensorState"]["status"] for s in instigators["sensorsOrError"]["results"]}
+    schedules = {s["name"]: s["scheduleState"]["status"] for s in instigators["schedulesOrError"]["results"]}
+    assert sensors.get("aggregates_follow_days") == "RUNNING", sensors
+    assert schedules.get("daily_orders_schedule") == "RUNNING", schedules
+
+    # 1. the range backfill of the daily graph: one run, which fails naming the held days
+    backfill = wait_for_backfill(url, launch_backfill(url, DAILY_GRAPH, DAYS), log_path)
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_FAILED", "FAILED"), backfill
+    assert len(backfill["runs"]) == 1, backfill["runs"]  # BackfillPolicy.single_run: the range in ONE run
+    assert backfill["runs"][0]["status"] == "FAILURE", backfill["runs"]
+
+    # 2. the partition bars: every region-day went down a branch; the fan-in held exactly the bad days
+    statuses = graph_statuses(url, DAYS)
+    for key in RAW + REGIONAL + QUARANTINE:
+        assert statuses[key] == dict.fromkeys(DAYS, "MATERIALIZED"), (key, statuses[key])
+    for key in FAN_IN:
+        expected = {d: "FAILED" if d in HELD_DAYS else "MATERIALIZED" for d in DAYS}
+        assert statuses[key] == expected, (key, statuses[key])
+
+    # 3. "Backfill only failed and missing partitions" selects exactly the held days
+    fix_up = failed_and_missing_only(statuses, DAYS)
+    assert fix_up == HELD_DAYS
+
+    # 4. the source corrects its bad region-days; the fix-up backfill completes every day
+    add_corrections(str(data_dir / "source_corrections.json"), [f"{r} {d}" for r, d in sorted(BAD_REGION_DAYS)])
+    backfill = wait_for_backfill(url, launch_backfill(url, DAILY_GRAPH, fix_up), log_path)
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    assert sorted(backfill["partitionNames"]) == HELD_DAYS
+    assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
+
+    statuses = graph_statuses(url, DAYS)
     for key in DAILY_GRAPH:
-        assert missing_days(url, key, DAYS) == [], key  # "missing only" would launch nothing
+        assert statuses[key] == dict.fromkeys(DAYS, "MATERIALIZED"), (key, statuses[key])
+    assert failed_and_missing_only(statuses, DAYS) == []
+
     orders = read_table(str(data_dir / "lake" / "global_orders"))
-    settings = FeedSettings()
+    assert sorted(set(orders["day"].to_pylist())) == DAYS
+    corrected = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY, corrected=frozenset(BAD_REGION_DAYS))
     for day in DAYS:
         rows = orders.filter(pc.equal(orders["day"], day))
-        expected = sum(expected_orders(r, dt.date.fromisoformat(day), settings).num_rows for r in REGIONS)
-        assert rows.num_rows == expected
-    revenue = read_table(str(data_dir / "lake" / "daily_revenue"))
-    assert sorted(set(revenue["day"].to_pylist())) == DAYS and revenue.num_rows == len(DAYS) * len(REGIONS)
+        assert sorted(set(rows["region"].to_pylist())) == sorted(REGIONS), day
+        for region in REGIONS:
+            landed = rows.filter(pc.equal(rows["region"], region)).num_rows
+            assert landed == expected_orders(region, dt.date.fromisoformat(day), corrected).num_rows, (day, region)

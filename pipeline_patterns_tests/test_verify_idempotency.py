@@ -1,0 +1,159 @@
+"""verify-idempotency replays the live landing zone into a scratch lake: it confirms live tables
+that hold what one clean run writes, catches a tampered one, and never calls the source nor
+writes the landing zone. And the CLI ends quietly when its reader closes the pipe."""
+
+import datetime as dt
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from deltalake import DeltaTable
+
+from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.delta_writes import read_table
+from pipeline_patterns.replay import verify_range
+from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, materialize, pipeline_resources
+
+QUARANTINED_DAY = dt.date(2024, 1, 1)  # eu-west delivers null user ids: a blocking gate fails
+CLEAN_DAYS = (dt.date(2024, 1, 2), dt.date(2024, 1, 3))
+REGIONAL = {f"regional_orders/{region_key(r)}" for r in REGIONS}
+NOT_DAILY = {"monthly_revenue", "revenue_summary"}
+CLI = str(pathlib.Path(sys.executable).parent / "pipeline-patterns")
+
+
+def landing_fingerprint(data_dir: pathlib.Path) -> str:
+    """Every path under the landing zone and every file's bytes."""
+    digest = hashlib.sha256()
+    root = data_dir / "landing"
+    for path in sorted(root.rglob("*")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        if path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def live_settings(data_dir: pathlib.Path) -> dict[str, object]:
+    """The live run's gates (sized for the test volume), for the replay to branch alike."""
+    return {"quality_gates": pipeline_resources(data_dir)["quality_gates"]}
+
+
+@pytest.fixture
+def source_calls(monkeypatch) -> list[tuple]:
+    """Every call of the order feed from now on; each one fails, as a feed that is down."""
+    calls = []
+
+    def fetch(self, region, day):
+        calls.append((region, day))
+        raise RuntimeError("verification must not call the source")
+
+    monkeypatch.setattr(OrdersSource, "fetch", fetch)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def live(spark, tmp_path_factory) -> pathlib.Path:
+    """A live data dir at test volume: a quarantined day (its fan-in fails), then two clean days
+    in one range run."""
+    data_dir = tmp_path_factory.mktemp("live")
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(data_dir, instance, partition=QUARANTINED_DAY.isoformat(), raise_on_error=False)
+    materialize(data_dir, instance, first=CLEAN_DAYS[0].isoformat(), last=CLEAN_DAYS[1].isoformat())
+    return data_dir
+
+
+def test_verify_confirms_live_tables_from_the_landing_zone_without_calling_the_source_or_writing_it(live, source_calls):
+    landing_before = landing_fingerprint(live)
+
+    comparisons = verify_range(live, *CLEAN_DAYS, resources=live_settings(live))
+
+    tables = {c.table: c for c in comparisons}
+    assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
+    assert not NOT_DAILY & set(tables), "the monthly and summary aggregates are not replayed by day"
+    assert all(c.identical and c.in_live and c.in_replay and c.rows_live == c.rows_replay for c in comparisons), comparisons
+    assert all(tables[t].rows_live > 0 for t in REGIONAL | {"global_orders", "daily_revenue"})
+    assert source_calls == []
+    assert landing_fingerprint(live) == landing_before
+
+
+def test_verify_confirms_a_quarantined_day_whatever_run_and_time_its_quarantine_rows_carry(live, source_calls):
+    landing_before = landing_fingerprint(live)
+
+    comparisons = verify_range(live, QUARANTINED_DAY, QUARANTINED_DAY, resources=live_settings(live))
+
+    tables = {c.table: c for c in comparisons}
+    quarantine = [c for t, c in tables.items() if "quarantine" in t and c.rows_live > 0]
+    assert quarantine, f"{QUARANTINED_DAY} quarantines nothing: this test proves nothing ({comparisons})"
+    assert all(c.identical for c in comparisons), comparisons
+    # the fan-in refuses the day in both runs: neither side holds a row of it
+    assert tables["global_orders"].rows_live == tables["global_orders"].rows_replay == 0
+    assert source_calls == []
+    assert landing_fingerprint(live) == landing_before
+
+
+def test_verify_catches_a_regional_table_missing_one_row(live, source_calls, tmp_path):
+    tampered = tmp_path / "data"
+    shutil.copytree(live, tampered)
+    table = tampered / "lake" / "regional_orders" / "eu_west"
+    day = CLEAN_DAYS[0]
+    victim = read_table(str(table), DayWindow(day, day + dt.timedelta(days=1)))["order_id"][0].as_py()
+    DeltaTable(str(table)).delete(f"order_id = '{victim}'")
+
+    comparisons = verify_range(tampered, *CLEAN_DAYS, resources=live_settings(tampered))
+
+    tables = {c.table: c for c in comparisons}
+    eu_west = tables["regional_orders/eu_west"]
+    assert not eu_west.identical and eu_west.rows_live == eu_west.rows_replay - 1
+    assert {t for t, c in tables.items() if not c.identical} == {"regional_orders/eu_west"}
+    assert source_calls == []
+
+
+def test_verify_refuses_to_replay_into_live_storage(live):
+    with pytest.raises(ValueError, match="do not override"):
+        verify_range(live, *CLEAN_DAYS, resources=pipeline_resources(live))
+
+
+@pytest.mark.subprocess
+def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0_when_identical(live):
+    """The command's default resources, sized by TEST_ENV as the live run's were; over the whole
+    range, the quarantined day included."""
+    landing_before = landing_fingerprint(live)
+    first, last = QUARANTINED_DAY.isoformat(), CLEAN_DAYS[-1].isoformat()
+
+    verified = subprocess.run(
+        [CLI, "verify-idempotency", "--start", first, "--end", last],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **TEST_ENV, "PIPELINE_PATTERNS_DATA_DIR": str(live)},
+        capture_output=True,
+        text=True,
+    )
+
+    assert verified.returncode == 0, verified.stdout + verified.stderr[-3000:]
+    lines = [json.loads(line) for line in verified.stdout.splitlines()]
+    assert lines[-1] == {"range": f"{first}...{last}", "identical": True}
+    tables = {line["table"]: line for line in lines[:-1]}
+    assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
+    assert all(line["identical"] and line["rows_live"] == line["rows_replay"] for line in tables.values()), tables
+    assert all(tables[t]["rows_live"] > 0 for t in REGIONAL | {"global_orders", "daily_revenue"})
+    assert landing_fingerprint(live) == landing_before
+
+
+@pytest.mark.subprocess
+def test_the_cli_ends_quietly_when_its_reader_closes_the_pipe():
+    piped = subprocess.run(
+        ["bash", "-c", f'"{CLI}" source defects --start 2024-01-01 --end 2024-12-31 | head -1; exit "${{PIPESTATUS[0]}}"'],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+    assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr
+    assert len(piped.stdout.splitlines()) == 1 and json.loads(piped.stdout)["day"] == "2024-01-01"
+    assert piped.returncode == 141  # 128 + SIGPIPE: the writer stopped because the reader left
