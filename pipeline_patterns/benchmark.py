@@ -42,7 +42,9 @@ def run_dagster(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_pe
         resources={
             **build_resources(data_dir),
             # every region-day passes the gates, as in the floor, so both write the same rows
-            "orders_source": OrdersSource(orders_per_day=orders_per_day, null_user_day_rate=0.0, collapsed_volume_day_rate=0.0),
+            "orders_source": OrdersSource(
+                orders_per_day=orders_per_day, null_user_day_rate=0.0, collapsed_volume_day_rate=0.0
+            ),
             "quality_gates": QualityGates(min_orders_per_day=1),
         },
         instance=dg.DagsterInstance.ephemeral(),
@@ -61,7 +63,8 @@ def run_floor(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_
     from pipeline_patterns.lib import landing
     from pipeline_patterns.lib.day_window import DayWindow
     from pipeline_patterns.lib.delta_writes import replace_window
-    from pipeline_patterns.lib.orders import daily_revenue_table, fx_day, orders_in_usd, regional_orders_table
+    from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
+    from pipeline_patterns.lib.orders import daily_revenue_table, regional_orders_table
     from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_files, usd_rate
 
     builder = SparkSession.builder
@@ -75,8 +78,8 @@ def run_floor(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_
     for region in REGIONS:
         for day in window.days:
             landing.land(root, region, day, "floor", region_day_files(region, day, settings))
-        orders, _ = regional_orders_table(spark, landing.landed_files(root, region, window.days))
-        orders = orders.drop_columns(["parse_errors"])
+        orders = regional_orders_table(spark, landing.landed_files(root, region, window.days))
+        orders = orders.drop_columns(["parse_errors", "deliveries"])
         replace_window(str(lake / "regional_orders" / region_key(region)), orders, window)
         regional.append(orders)
     orders = pa.concat_tables(regional)
@@ -84,9 +87,13 @@ def run_floor(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_
     currencies = pc.unique(orders["currency"]).to_pylist()
     pairs = [(c, d) for c in currencies for d in days]
     rates = pa.table(
-        {"currency": [c for c, _ in pairs], "fx_day": [d.isoformat() for _, d in pairs], "usd_rate": [usd_rate(c, d) for c, d in pairs]}
+        {
+            "currency": [c for c, _ in pairs],
+            "fx_day": [d.isoformat() for _, d in pairs],
+            "usd_rate": [usd_rate(c, d) for c, d in pairs],
+        }
     )
-    global_orders = orders_in_usd(orders, rates)
+    global_orders = global_orders_table(regional, rates)
     replace_window(str(lake / "global_orders"), global_orders, window)
     replace_window(str(lake / "daily_revenue"), daily_revenue_table(global_orders), window)
 
@@ -95,8 +102,19 @@ def measure(variant: str, days: int, orders_per_day: int) -> dict:
     import psutil
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as scratch:
-        command = [sys.executable, "-m", "pipeline_patterns.benchmark", "--run", variant, "--days", str(days),
-                   "--orders-per-day", str(orders_per_day), "--data-dir", scratch]
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline_patterns.benchmark",
+            "--run",
+            variant,
+            "--days",
+            str(days),
+            "--orders-per-day",
+            str(orders_per_day),
+            "--data-dir",
+            scratch,
+        ]
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         peak = 0
@@ -122,8 +140,14 @@ def measure(variant: str, days: int, orders_per_day: int) -> dict:
         if child.returncode != 0:
             raise RuntimeError(f"{variant} failed ({child.returncode}):\n{stderr[-3000:]}")
     rows = days * 4 * orders_per_day
-    return {"variant": variant, "days": days, "rows": rows, "wall_s": round(wall, 1),
-            "rows_per_s": round(rows / wall), "peak_rss_gib": round(peak / 2**30, 2)}
+    return {
+        "variant": variant,
+        "days": days,
+        "rows": rows,
+        "wall_s": round(wall, 1),
+        "rows_per_s": round(rows / wall),
+        "peak_rss_gib": round(peak / 2**30, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 patterns) tools to inspect and prove the pipeline's guarantees.
 
     pipeline-patterns source defects --start 2024-01-01 --end 2024-03-31   (JSON lines)
+    pipeline-patterns source correct eu-west 2024-01-05 [REGION DAY ...]
+                                                 the source fixed these region-days
     pipeline-patterns breaker status [NAME]      the circuit breakers' shared state
     pipeline-patterns breaker reset NAME         close a breaker by hand
     pipeline-patterns verify-idempotency --start 2024-01-01 --end 2024-01-31
@@ -19,10 +21,10 @@ import os
 import sys
 
 from pipeline_patterns import environment
-from pipeline_patterns.lib.breaker import CircuitBreaker, all_statuses
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.sources import OrdersSource
-from pipeline_patterns.lib.simulated_feed import days_between, region_day_defects
+from pipeline_patterns.lib.breaker import CircuitBreaker, all_statuses
+from pipeline_patterns.lib.simulated_feed import add_corrections, days_between, region_day_defects
 
 
 def _day(text: str) -> dt.date:
@@ -41,6 +43,23 @@ def source_defects(args: argparse.Namespace) -> int:
             defects = region_day_defects(region, day, settings)
             if defects.defects and (not args.defect or args.defect in defects.defects):
                 print(json.dumps(defects.as_json()))
+    return 0
+
+
+def source_correct(args: argparse.Namespace) -> int:
+    """Record that the source corrected region-days: the next extraction of each comes clean."""
+    pairs = args.region_day
+    if len(pairs) % 2:
+        print("give REGION DAY pairs, e.g. eu-west 2024-01-05 us-east 2024-01-05", file=sys.stderr)
+        return 2
+    entries = []
+    for region, day in zip(pairs[::2], pairs[1::2], strict=True):
+        if region not in REGIONS and region != "*":
+            print(f"unknown region {region!r}; one of {', '.join(REGIONS)} or '*'", file=sys.stderr)
+            return 2
+        entries.append(f"{region} {_day(day).isoformat() if day != '*' else day}")
+    path = environment.data_dir() / "source_corrections.json"
+    print(json.dumps({"corrections_file": str(path), "corrected": add_corrections(str(path), entries)}))
     return 0
 
 
@@ -83,9 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
     source = commands.add_parser("source", help="the simulated regional order feed")
     source_commands = source.add_subparsers(dest="source_command", required=True)
-    defects = source_commands.add_parser(
-        "defects", help="which region-days carry which defect, as JSON lines"
-    )
+    defects = source_commands.add_parser("defects", help="which region-days carry which defect, as JSON lines")
     defects.add_argument("--start", type=_day, required=True, help="first day, YYYY-MM-DD")
     defects.add_argument("--end", type=_day, required=True, help="last day (inclusive), YYYY-MM-DD")
     defects.add_argument("--region", action="append", choices=REGIONS, help="repeatable; default all")
@@ -95,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
         help="only region-days with this defect",
     )
     defects.set_defaults(handler=source_defects)
+    correct = source_commands.add_parser(
+        "correct",
+        help="the source has corrected these region-days (REGION DAY pairs): re-fetched, they come clean",
+    )
+    correct.add_argument("region_day", nargs="+", help="REGION DAY pairs, e.g. eu-west 2024-01-05; '*' for any")
+    correct.set_defaults(handler=source_correct)
 
     breaker = commands.add_parser("breaker", help="inspect or reset a circuit breaker")
     breaker_commands = breaker.add_subparsers(dest="breaker_command", required=True)

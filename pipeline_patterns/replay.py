@@ -14,7 +14,7 @@ import datetime as dt
 import os
 import pathlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
@@ -23,9 +23,8 @@ from pipeline_patterns.defs.resources import build_resources
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 
-# Columns that record when and by which run a row was written, not what it says.
-AUDIT_COLUMNS = ("quarantined_by_run", "quarantined_at")
 # The extraction step: the assets that call the source and write the landing zone.
 LANDING_PREFIX = "raw_orders"
 DELTA_LOG = "_delta_log"
@@ -48,9 +47,12 @@ def replay_selection(asset_graph) -> dg.AssetSelection:
     landing = [k for k in asset_graph.get_all_asset_keys() if k.path[0] == LANDING_PREFIX]
     if not landing:
         raise ValueError(f"no {LANDING_PREFIX}/* assets in the code location: nothing to replay from")
-    downstream = (dg.AssetSelection.assets(*landing).downstream() - dg.AssetSelection.assets(*landing)).resolve(asset_graph)
+    downstream = (dg.AssetSelection.assets(*landing).downstream() - dg.AssetSelection.assets(*landing)).resolve(
+        asset_graph
+    )
     daily = [
-        k for k in downstream
+        k
+        for k in downstream
         if asset_graph.get(k).is_materializable and asset_graph.get(k).partitions_def == daily_partitions
     ]
     return dg.AssetSelection.assets(*sorted(daily, key=lambda k: k.to_user_string()))
@@ -110,7 +112,7 @@ def compare_window(
     replay_lake: pathlib.Path,
     window: DayWindow,
     *,
-    expected: list[str] = (),
+    expected: Sequence[str] = (),
     asset_graph=None,
 ) -> list[TableComparison]:
     """Compare every table the replay wrote (and every `expected` one the live lake holds) on the
@@ -126,13 +128,15 @@ def compare_window(
     for table in sorted({*replayed, *live_only}):
         column = _partition_column(asset_graph, table)
         live, replay = (
-            read_table(str(lake / table), window, partition_column=column) if (lake / table / DELTA_LOG).is_dir() else None
+            read_table(str(lake / table), window, partition_column=column)
+            if (lake / table / DELTA_LOG).is_dir()
+            else None
             for lake in (live_lake, replay_lake)
         )
         if live is not None and replay is not None:
             same = content_hash(live, exclude=AUDIT_COLUMNS) == content_hash(replay, exclude=AUDIT_COLUMNS)
         else:
-            same = replay is None and live.num_rows == 0
+            same = replay is None and live is not None and live.num_rows == 0
         comparisons.append(
             TableComparison(
                 table=table,

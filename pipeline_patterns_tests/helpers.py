@@ -4,14 +4,13 @@ and fast retry and breaker timings (production timings would make the suite slee
 import pathlib
 
 import dagster as dg
-
-from pipeline_patterns.defs.checks import QualityGates
-from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from dagster_pyspark import PySparkResource
 
+from pipeline_patterns.definitions import defs
+from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.resources import build_resources, spark_config
 from pipeline_patterns.defs.sources import OrdersSource
-from pipeline_patterns.definitions import defs
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Small volumes keep the suite fast; the benchmark runs the default volume and more.

@@ -39,7 +39,9 @@ def tick(defs, instance) -> set[tuple[str, str | None]]:
 def run_requested(data_dir, instance, requests):
     """What the daemon would launch for the sensor, run in process."""
     for job, partition in requests:
-        materialize(data_dir, instance, partition=partition, selection=[MONTHLY if job == monthly_revenue_job.name else SUMMARY])
+        materialize(
+            data_dir, instance, partition=partition, selection=[MONTHLY if job == monthly_revenue_job.name else SUMMARY]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,14 @@ def test_a_rewritten_day_refreshes_its_month_and_the_summary_and_nothing_else(ja
     data_dir, instance, defs, _, _, _ = january
     before = lake(data_dir, "monthly_revenue")
     # a re-delivery of 15 January with another volume: the day is rewritten
-    materialize(data_dir, instance, partition="2024-01-15", orders_per_day=300, null_user_day_rate=0.0, collapsed_volume_day_rate=0.0)
+    materialize(
+        data_dir,
+        instance,
+        partition="2024-01-15",
+        orders_per_day=300,
+        null_user_day_rate=0.0,
+        collapsed_volume_day_rate=0.0,
+    )
     second = tick(defs, instance)
     assert second == {("monthly_revenue_job", "2024-01-01"), ("revenue_summary_job", None)}
     run_requested(data_dir, instance, second)

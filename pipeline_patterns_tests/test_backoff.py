@@ -42,7 +42,13 @@ def test_nominal_delays_grow_by_the_factor_until_the_cap():
 def test_schedule_lists_nominal_lowest_and_highest_wait_per_retry():
     policy = BackoffPolicy(base_delay=1.0, backoff_factor=2.0, max_delay=10.0, jitter=0.25, max_retries=5)
     # Quarters are exact in binary floating point, so the table compares exactly.
-    assert policy.schedule() == [(1.0, 0.75, 1.25), (2.0, 1.5, 2.5), (4.0, 3.0, 5.0), (8.0, 6.0, 10.0), (10.0, 7.5, 10.0)]
+    assert policy.schedule() == [
+        (1.0, 0.75, 1.25),
+        (2.0, 1.5, 2.5),
+        (4.0, 3.0, 5.0),
+        (8.0, 6.0, 10.0),
+        (10.0, 7.5, 10.0),
+    ]
     assert BackoffPolicy(max_retries=0).schedule() == []
 
 
@@ -65,7 +71,16 @@ def test_a_seeded_rng_reproduces_the_same_delays():
 
 
 def test_without_jitter_the_wait_is_exactly_the_nominal_delay():
-    assert [BackoffPolicy(base_delay=1.0, jitter=0.0).delay(retry) for retry in range(1, 9)] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert [BackoffPolicy(base_delay=1.0, jitter=0.0).delay(retry) for retry in range(1, 9)] == [
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        60.0,
+        60.0,
+    ]
 
 
 def test_huge_retry_numbers_do_not_overflow():

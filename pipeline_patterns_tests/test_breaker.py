@@ -76,7 +76,12 @@ def test_breaker_opens_after_exactly_failure_threshold_failures(store, clock):
     with pytest.raises(ConnectionError):
         breaker.call(down)
     status = breaker.status()
-    assert (status.state, status.consecutive_failures, status.opened_at, status.retry_after) == ("open", 3, clock.now, 30.0)
+    assert (status.state, status.consecutive_failures, status.opened_at, status.retry_after) == (
+        "open",
+        3,
+        clock.now,
+        30.0,
+    )
 
 
 def test_open_breaker_fails_fast_without_calling_the_dependency(store, clock):
@@ -102,13 +107,20 @@ def test_after_recovery_timeout_exactly_one_trial_goes_through_and_its_success_c
     clock.advance(30)
     trial = breaker.acquire()
     assert trial.is_trial
-    with pytest.raises(CircuitOpenError, match="half-open and a trial call is already testing the dependency") as refused:
+    with pytest.raises(
+        CircuitOpenError, match="half-open and a trial call is already testing the dependency"
+    ) as refused:
         breaker.acquire()
     assert 0 < refused.value.retry_after <= 30
     assert (breaker.status().state, breaker.status().trial_in_flight) == ("half_open", True)
     breaker.record_success(trial)
     status = breaker.status()
-    assert (status.state, status.consecutive_failures, status.opened_at, status.trial_in_flight) == ("closed", 0, None, False)
+    assert (status.state, status.consecutive_failures, status.opened_at, status.trial_in_flight) == (
+        "closed",
+        0,
+        None,
+        False,
+    )
     assert not breaker.acquire().is_trial
 
 
@@ -120,7 +132,12 @@ def test_a_failed_trial_reopens_the_breaker_with_a_fresh_recovery_timeout(store,
     with pytest.raises(ConnectionError):
         breaker.call(down)
     status = breaker.status()
-    assert (status.state, status.opened_at, status.retry_after, status.trial_in_flight) == ("open", clock.now, 30.0, False)
+    assert (status.state, status.opened_at, status.retry_after, status.trial_in_flight) == (
+        "open",
+        clock.now,
+        30.0,
+        False,
+    )
     clock.advance(29)
     with pytest.raises(CircuitOpenError):
         breaker.call(down)
@@ -283,7 +300,9 @@ def test_by_default_every_exception_counts_but_an_interrupt_does_not(store, cloc
 
 def test_call_passes_arguments_and_results_through_and_reraises_the_dependencys_error_unchanged(store, clock):
     breaker = make_breaker(store, clock)
-    assert breaker.call(lambda day, *, region: f"{region}/{day}", "2024-01-02", region="eu-west") == "eu-west/2024-01-02"
+    assert (
+        breaker.call(lambda day, *, region: f"{region}/{day}", "2024-01-02", region="eu-west") == "eu-west/2024-01-02"
+    )
     error = ConnectionResetError("reset by peer")
     with pytest.raises(ConnectionResetError) as raised:
         breaker.call(FakeDependency(error))

@@ -15,11 +15,26 @@ from pipeline_patterns_tests.helpers import PROJECT_ROOT
 
 pytestmark = pytest.mark.subprocess
 
-TABLES = ["regional_orders/us_east", "regional_orders/us_west", "regional_orders/eu_west",
-          "regional_orders/ap_south", "global_orders", "daily_revenue"]
+TABLES = [
+    "regional_orders/us_east",
+    "regional_orders/us_west",
+    "regional_orders/eu_west",
+    "regional_orders/ap_south",
+    "global_orders",
+    "daily_revenue",
+]
 # the dagster of the interpreter running the tests, whether or not its venv is activated
-COMMAND = [str(pathlib.Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipeline_patterns.definitions",
-           "--select", "*daily_revenue", "--partition", "2024-01-02"]
+COMMAND = [
+    str(pathlib.Path(sys.executable).parent / "dagster"),
+    "asset",
+    "materialize",
+    "-m",
+    "pipeline_patterns.definitions",
+    "--select",
+    "*daily_revenue",
+    "--partition",
+    "2024-01-02",
+]
 
 
 def environment(base: pathlib.Path) -> dict[str, str]:
@@ -48,8 +63,9 @@ def test_materialize_one_partition_from_the_cli(clean_run):
 
 def test_a_run_killed_mid_way_then_rerun_holds_exactly_what_a_clean_run_wrote(clean_run, tmp_path):
     env = environment(tmp_path)
-    run = subprocess.Popen(COMMAND, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(
+        COMMAND, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     lake = tmp_path / "data" / "lake" / "regional_orders"
     deadline = time.time() + 120
     while not (lake.exists() and any(lake.iterdir())) and run.poll() is None and time.time() < deadline:

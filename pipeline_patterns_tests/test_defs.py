@@ -45,7 +45,9 @@ def test_the_graph_fans_out_per_region_branches_to_quarantine_and_fans_in_to_glo
         assert edges[f"raw_orders/{region}"] == []
         assert edges[f"regional_orders/{region}"] == [f"raw_orders/{region}"]
         assert edges[f"quarantined_orders/{region}"] == [f"raw_orders/{region}"]
-    assert edges["global_orders"] == sorted(f"{layer}/{r}" for r in REGIONAL for layer in ("regional_orders", "quarantined_orders"))
+    assert edges["global_orders"] == sorted(
+        f"{layer}/{r}" for r in REGIONAL for layer in ("regional_orders", "quarantined_orders")
+    )
     assert edges["daily_revenue"] == ["global_orders"]
     assert edges["monthly_revenue"] == edges["revenue_summary"] == ["daily_revenue"]
 
@@ -55,7 +57,9 @@ def test_every_partitioned_asset_backfills_a_range_in_one_run():
         if asset.key.path[0] == "revenue_summary":
             assert asset.partitions_def is None
             continue
-        kind = dg.MonthlyPartitionsDefinition if asset.key.path[0] == "monthly_revenue" else dg.DailyPartitionsDefinition
+        kind = (
+            dg.MonthlyPartitionsDefinition if asset.key.path[0] == "monthly_revenue" else dg.DailyPartitionsDefinition
+        )
         assert isinstance(asset.partitions_def, kind), asset.key
         assert asset.partitions_def.start.date().isoformat() == "2024-01-01"
         assert asset.backfill_policy == dg.BackfillPolicy.single_run(), asset.key
@@ -67,8 +71,16 @@ def test_one_run_shares_one_process_and_spark_session():
 
 def test_the_code_location_loads_without_warnings():
     loaded = subprocess.run(
-        [sys.executable, "-W", "always", "-c", "import pipeline_patterns.definitions as d; d.defs.resolve_asset_graph()"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-W",
+            "always",
+            "-c",
+            "import pipeline_patterns.definitions as d; d.defs.resolve_asset_graph()",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "Warning" not in loaded.stderr, loaded.stderr
 
@@ -83,11 +95,21 @@ def test_ci_runs_the_readmes_test_command():
 def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
     checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     names = {
-        "schema_matches", "values_parse", "order_id_not_null", "user_id_not_null", "order_id_unique",
-        "volume_within_bounds", "amount_non_negative", "currency_known", "event_time_not_in_future",
-        "event_time_fresh", "rows_accounted",
+        "schema_matches",
+        "values_parse",
+        "order_id_not_null",
+        "user_id_not_null",
+        "order_id_unique",
+        "volume_within_bounds",
+        "amount_non_negative",
+        "currency_known",
+        "event_time_not_in_future",
+        "event_time_fresh",
+        "rows_accounted",
     }
-    assert checks == {(f"regional_orders/{r}", n) for r in REGIONAL for n in names} | {("daily_revenue", "replay_matches")}
+    assert checks == {(f"regional_orders/{r}", n) for r in REGIONAL for n in names} | {
+        ("daily_revenue", "replay_matches")
+    }
     regional = next(a for a in defs.assets if dg.AssetKey(["regional_orders", "us_east"]) in a.keys)
     blocking = {spec.name for spec in regional.check_specs if spec.blocking}
     # the quarantine is the gate; only lost rows stop the run

@@ -147,7 +147,7 @@ def test_concurrent_writers_of_one_window_leave_exactly_one_copy(tmp_path):
         outcomes = pool.starmap(_writer, [(uri, v) for v in (1, 2, 3, 4)])
     assert outcomes == ["ok"] * 4
     rows = read_table(uri).to_pydict()
-    day2 = [v for d, v in zip(rows["day"], rows["v"]) if d == "2024-01-02"]
+    day2 = [v for d, v in zip(rows["day"], rows["v"], strict=True) if d == "2024-01-02"]
     assert len(day2) == 3 and len(set(day2)) == 1, day2  # one writer's rows, never a mix
     assert rows["v"][rows["day"].index("2024-01-01")] == 0
 
@@ -158,12 +158,14 @@ def test_revenue_sums_do_not_depend_on_the_order_rows_arrive_in():
     rng = np.random.default_rng(3)
     groups, per_group = 300, 2000
     n = groups * per_group
-    orders = pa.table({
-        "day": [f"2024-01-{1 + g % 28:02d}" for g in range(groups) for _ in range(per_group)],
-        "region": [f"r{g // 28}" for g in range(groups) for _ in range(per_group)],
-        "order_id": [str(i) for i in range(n)],
-        "user_id": [str(i % 977) for i in range(n)],
-        "amount_usd": np.round(rng.lognormal(3.6, 0.8, n), 2),
-    })
+    orders = pa.table(
+        {
+            "day": [f"2024-01-{1 + g % 28:02d}" for g in range(groups) for _ in range(per_group)],
+            "region": [f"r{g // 28}" for g in range(groups) for _ in range(per_group)],
+            "order_id": [str(i) for i in range(n)],
+            "user_id": [str(i % 977) for i in range(n)],
+            "amount_usd": np.round(rng.lognormal(3.6, 0.8, n), 2),
+        }
+    )
     hashes = {content_hash(daily_revenue_table(orders.take(rng.permutation(n)))) for _ in range(8)}
     assert len(hashes) == 1

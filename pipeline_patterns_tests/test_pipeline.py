@@ -42,6 +42,7 @@ def as_records(table: pa.Table) -> set[tuple]:
             table["currency"].to_pylist(),
             event_ts.to_pylist(),
             table["batch_id"].to_pylist(),
+            strict=True,
         )
     )
 
@@ -90,7 +91,10 @@ def test_global_orders_convert_every_order_to_usd_with_the_event_days_rate(two_d
     want = sum(
         round(float(a) * usd_rate(c, dt.date.fromisoformat(ts[:10])), 2)
         for a, c, ts in zip(
-            expected["amount"].to_pylist(), expected["currency"].to_pylist(), expected["event_ts"].to_pylist()
+            expected["amount"].to_pylist(),
+            expected["currency"].to_pylist(),
+            expected["event_ts"].to_pylist(),
+            strict=True,
         )
     )
     assert pc.sum(table["amount_usd"]).as_py() == pytest.approx(want, abs=0.01)
@@ -98,14 +102,12 @@ def test_global_orders_convert_every_order_to_usd_with_the_event_days_rate(two_d
 
 
 def test_daily_revenue_summarises_each_region_day(two_days):
-    data_dir, instance, _ = two_days
+    data_dir, _, _ = two_days
     revenue = lake_table(data_dir, "daily_revenue")
     assert revenue.num_rows == len(REGIONS) * 2
     orders = lake_table(data_dir, "global_orders")
     for row in revenue.to_pylist():
-        mine = orders.filter(
-            pc.and_(pc.equal(orders["day"], row["day"]), pc.equal(orders["region"], row["region"]))
-        )
+        mine = orders.filter(pc.and_(pc.equal(orders["day"], row["day"]), pc.equal(orders["region"], row["region"])))
         assert row["orders"] == mine.num_rows
         assert row["revenue_usd"] == pytest.approx(pc.sum(mine["amount_usd"]).as_py(), abs=0.01)
         assert row["distinct_users"] == pc.count_distinct(mine["user_id"]).as_py()
@@ -160,7 +162,12 @@ def test_rerunning_a_partition_leaves_identical_content(spark, tmp_path):
     assert lake_hashes(tmp_path) == before
     # and the re-runs replaced their own day only: the neighbour day was written once
     history = DeltaTable(str(tmp_path / "lake" / "global_orders")).history()
-    assert [h["dagster_partitions"] for h in reversed(history)] == ["2024-01-02", "2024-01-03", "2024-01-02", "2024-01-02"]
+    assert [h["dagster_partitions"] for h in reversed(history)] == [
+        "2024-01-02",
+        "2024-01-03",
+        "2024-01-02",
+        "2024-01-02",
+    ]
 
 
 def test_a_range_in_one_run_equals_the_same_days_run_one_by_one(spark, tmp_path, two_days):
@@ -193,7 +200,9 @@ def test_one_regions_failure_does_not_stop_the_other_regions(spark, tmp_path):
         tmp_path,
         instance,
         partition="2024-01-02",
-        selection=[f"{layer}/{r}" for layer in ("regional_orders", "quarantined_orders") for r in ("us_east", "eu_west")],
+        selection=[
+            f"{layer}/{r}" for layer in ("regional_orders", "quarantined_orders") for r in ("us_east", "eu_west")
+        ],
         raise_on_error=False,
     )
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
@@ -204,19 +213,29 @@ def test_one_regions_failure_does_not_stop_the_other_regions(spark, tmp_path):
 
 def test_global_orders_holds_a_day_with_a_missing_region_day_names_it_and_processes_the_rest(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    three = [f"{layer}/{region_key(r)}" for r in REGIONS[:3] for layer in ("raw_orders", "regional_orders", "quarantined_orders")]
+    three = [
+        f"{layer}/{region_key(r)}"
+        for r in REGIONS[:3]
+        for layer in ("raw_orders", "regional_orders", "quarantined_orders")
+    ]
     materialize(tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=three)
     last = ["raw_orders/ap_south", "regional_orders/ap_south", "quarantined_orders/ap_south"]
     materialize(tmp_path, instance, partition="2024-01-03", selection=last)
     result = materialize(
-        tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=["global_orders", "daily_revenue"], raise_on_error=False
+        tmp_path,
+        instance,
+        first="2024-01-02",
+        last="2024-01-03",
+        selection=["global_orders", "daily_revenue"],
+        raise_on_error=False,
     )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "held 1 of 2 days" in str(failure.event_specific_data.error)
     assert "2024-01-02: ap-south: no clean data (not processed yet)" in str(failure.event_specific_data.error)
     assert set(lake_table(tmp_path, "global_orders")["day"].to_pylist()) == {"2024-01-03"}
     assert {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()} == {
-        ("global_orders", "2024-01-03"), ("daily_revenue", "2024-01-03")
+        ("global_orders", "2024-01-03"),
+        ("daily_revenue", "2024-01-03"),
     }
     assert len([e for e in result.all_events if e.event_type_value == "STEP_START"]) == 1  # not retried
 

@@ -5,7 +5,6 @@ import pathlib
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.checks import QualityGates
@@ -47,7 +46,9 @@ def orders(**overrides) -> pa.Table:
     return table.set_column(
         table.schema.get_field_index("event_ts"), "event_ts", table["event_ts"].cast(pa.timestamp("us", tz="UTC"))
     ).set_column(
-        table.schema.get_field_index("delivered_at"), "delivered_at", table["delivered_at"].cast(pa.timestamp("us", tz="UTC"))
+        table.schema.get_field_index("delivered_at"),
+        "delivered_at",
+        table["delivered_at"].cast(pa.timestamp("us", tz="UTC")),
     )
 
 
@@ -89,9 +90,7 @@ def quarantine(data_dir) -> pa.Table:
 
 
 def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
-    return {
-        (e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()
-    }
+    return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
 
 
 @pytest.mark.spark
@@ -108,11 +107,13 @@ def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(s
     instance = dg.DagsterInstance.ephemeral()
     result = materialize(tmp_path, instance, first="2024-01-01", last="2024-01-05", raise_on_error=False)
     assert not result.success  # the run reports the held days
-    global_days = {e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["global_orders"]}
+    global_days = {
+        e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["global_orders"]
+    }
     assert global_days == {"2024-01-02", "2024-01-03", "2024-01-04"}
 
     quarantined = quarantine(tmp_path)
-    assert set(zip(quarantined["region"].to_pylist(), quarantined["day"].to_pylist())) == bad
+    assert set(zip(quarantined["region"].to_pylist(), quarantined["day"].to_pylist(), strict=True)) == bad
     assert set(quarantined["failed_checks"].to_pylist()) == {"user_id_not_null"}
     assert all("user_id_not_null" in r for r in quarantined["reason"].to_pylist())
     assert set(quarantined["quarantined_by_run"].to_pylist()) == {result.run_id}
@@ -130,8 +131,11 @@ def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(s
 @pytest.mark.spark
 def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
     result = materialize(
-        tmp_path, dg.DagsterInstance.ephemeral(), partition="2024-02-09",
-        selection=["raw_orders/eu_west", "regional_orders/eu_west", "quarantined_orders/eu_west"], raise_on_error=False,
+        tmp_path,
+        dg.DagsterInstance.ephemeral(),
+        partition="2024-02-09",
+        selection=["raw_orders/eu_west", "regional_orders/eu_west", "quarantined_orders/eu_west"],
+        raise_on_error=False,
     )
     volume = next(e for e in result.get_asset_check_evaluations() if e.check_name == "volume_within_bounds")
     assert not volume.passed
@@ -146,7 +150,9 @@ def test_a_quarantined_day_moves_to_the_clean_table_once_its_source_is_fixed(spa
     materialize(tmp_path, instance, partition="2024-01-05", selection=selection, raise_on_error=False)
     assert quarantine(tmp_path).num_rows == TEST_ORDERS_PER_DAY
     # the source corrects the day (no more null user ids): re-extract and re-process the same day
-    fixed = materialize(tmp_path, instance, partition="2024-01-05", selection=selection, corrected=["us-east 2024-01-05"])
+    fixed = materialize(
+        tmp_path, instance, partition="2024-01-05", selection=selection, corrected=["us-east 2024-01-05"]
+    )
     assert fixed.success
     assert quarantine(tmp_path).num_rows == 0
     clean = read_table(str(tmp_path / "lake" / "regional_orders" / "us_east"))
@@ -161,11 +167,20 @@ GOOD = "o{i},u{i},us-east,12.50,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00
 BAD_INPUTS = {
     "an empty file beside good ones": ("", set()),
     "malformed line": ("o9,u9,us-east,1.00\n", {"values_parse", "currency_known"}),
-    "unparseable amount": ("o9,u9,us-east,twelve,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n", {"values_parse"}),
+    "unparseable amount": (
+        "o9,u9,us-east,twelve,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"values_parse"},
+    ),
     "unparseable timestamp": ("o9,u9,us-east,1.00,USD,yesterday,b00,2024-01-02T12:00:00Z\n", {"values_parse"}),
     "unknown currency": ("o9,u9,us-east,1.00,XYZ,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n", {"currency_known"}),
-    "negative amount": ("o9,u9,us-east,-1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n", {"amount_non_negative"}),
-    "future timestamp": ("o9,u9,us-east,1.00,USD,2030-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n", {"event_time_not_in_future"}),
+    "negative amount": (
+        "o9,u9,us-east,-1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"amount_non_negative"},
+    ),
+    "future timestamp": (
+        "o9,u9,us-east,1.00,USD,2030-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"event_time_not_in_future"},
+    ),
 }
 
 
@@ -177,14 +192,18 @@ def test_bad_input_is_quarantined_with_a_reason(spark, tmp_path, case):
     files = {"b00.csv": f"{HEADER}\n{good}".encode(), "b01.csv": (f"{HEADER}\n{extra}" if extra else "").encode()}
     landing.land(tmp_path / "landing", "us-east", DAY, "hand-made", files)
     result = _materialize_small(tmp_path)
-    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"}
+    failed = {
+        e.check_name for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"
+    }
     assert failed == expected_checks, case
     landed = landing.record_count(landing.landed_files(tmp_path / "landing", "us-east", [DAY]))
     if not expected_checks:
         assert read_table(str(tmp_path / "lake" / "regional_orders" / "us_east")).num_rows == landed
         return
     rows = quarantine(tmp_path)
-    assert set(rows["failed_checks"].to_pylist()) == {",".join(sorted(expected_checks, key=[r.name for r in RULES].index))}
+    assert set(rows["failed_checks"].to_pylist()) == {
+        ",".join(sorted(expected_checks, key=[r.name for r in RULES].index))
+    }
     assert rows.num_rows == landed  # nothing lost: every landed line is in quarantine
 
 
@@ -203,7 +222,10 @@ def _materialize_small(data_dir) -> dg.ExecuteInProcessResult:
         all_assets(),
         selection=["regional_orders/us_east", "quarantined_orders/us_east"],
         partition_key=DAY.isoformat(),
-        resources={**pipeline_resources(data_dir), "quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24)},
+        resources={
+            **pipeline_resources(data_dir),
+            "quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24),
+        },
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
@@ -212,7 +234,9 @@ def _materialize_small(data_dir) -> dg.ExecuteInProcessResult:
 @pytest.mark.spark
 def test_schema_drift_in_a_landed_header_is_quarantined(spark, tmp_path):
     drifted = "id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
-    landing.land(tmp_path / "landing", "us-east", DAY, "drift", {"b00.csv": f"{drifted}\n{GOOD.format(i=1)}\n".encode()})
+    landing.land(
+        tmp_path / "landing", "us-east", DAY, "drift", {"b00.csv": f"{drifted}\n{GOOD.format(i=1)}\n".encode()}
+    )
     result = _materialize_small(tmp_path)
     schema = next(e for e in result.get_asset_check_evaluations() if e.check_name == "schema_matches")
     assert not schema.passed and "id, user_id" in schema.metadata["landed_header_drift"].value
@@ -221,12 +245,16 @@ def test_schema_drift_in_a_landed_header_is_quarantined(spark, tmp_path):
 @pytest.mark.spark
 def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp_path):
     result = materialize(
-        tmp_path, dg.DagsterInstance.ephemeral(), first="2024-01-04", last="2024-01-06",
+        tmp_path,
+        dg.DagsterInstance.ephemeral(),
+        first="2024-01-04",
+        last="2024-01-06",
         selection=["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east"],
     )
     assert result.success  # a quarantined day is the designed branch, not a failure
     per_day = {
-        (e.asset_key.path[0], e.partition): e.materialization.metadata for e in result.get_asset_materialization_events()
+        (e.asset_key.path[0], e.partition): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
     }
     assert per_day[("regional_orders", "2024-01-05")]["branch"].value == "quarantined: user_id_not_null"
     assert per_day[("regional_orders", "2024-01-05")]["dagster/row_count"].value == 0
@@ -242,7 +270,9 @@ def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp
 
 @pytest.mark.spark
 def test_a_missing_landing_file_fails_with_an_error_naming_file_and_day(spark, tmp_path):
-    manifest = landing.land(tmp_path / "landing", "us-east", DAY, "lost", {"b00.csv": f"{HEADER}\n{GOOD.format(i=1)}\n".encode()})
+    manifest = landing.land(
+        tmp_path / "landing", "us-east", DAY, "lost", {"b00.csv": f"{HEADER}\n{GOOD.format(i=1)}\n".encode()}
+    )
     pathlib.Path(manifest.files[0]).unlink()
     result = _materialize_small(tmp_path)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

@@ -109,7 +109,10 @@ def test_partition_statuses_are_true_per_day(backfill):
         return by_status
 
     for key in ("global_orders", "daily_revenue"):
-        assert statuses(key) == {"AssetPartitionStatus.MATERIALIZED": set(READY), "AssetPartitionStatus.FAILED": set(HELD)}
+        assert statuses(key) == {
+            "AssetPartitionStatus.MATERIALIZED": set(READY),
+            "AssetPartitionStatus.FAILED": set(HELD),
+        }
     for region in REGIONS:
         for layer in ("raw_orders", "regional_orders", "quarantined_orders"):
             assert statuses(f"{layer}/{region_key(region)}") == {"AssetPartitionStatus.MATERIALIZED": set(DAYS)}
@@ -124,8 +127,7 @@ def test_rerunning_overlapping_ranges_in_another_order_leaves_identical_content(
     assert hashes(tmp_path) == hashes(data_dir)
 
 
-def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(backfill, tmp_path):
-    data_dir, _, _ = backfill
+def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     corrected = [f"{r} {d}" for r, d in sorted(BAD)]
     for day in HELD:  # "backfill only failed and missing": each held day is its own block here

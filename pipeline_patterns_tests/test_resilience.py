@@ -10,7 +10,6 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib.breaker import CircuitBreaker
@@ -56,7 +55,11 @@ def run(data_dir, selection, first, last, **resources):
 def test_a_30_percent_failing_source_still_lands_seven_days_of_exact_data(spark, tmp_path):
     source = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=0.3)
     breaker = Breaker(name="orders_source", store=str(tmp_path / "breakers.sqlite"), failure_threshold=50)
-    regions = [f"{layer}/{r}" for r in ("us_east", "ap_south") for layer in ("raw_orders", "regional_orders", "quarantined_orders")]
+    regions = [
+        f"{layer}/{r}"
+        for r in ("us_east", "ap_south")
+        for layer in ("raw_orders", "regional_orders", "quarantined_orders")
+    ]
     result = run(tmp_path, regions, "2024-01-06", "2024-01-12", orders_source=source, source_breaker=breaker)
     assert result.success
     retries = [n for n in notifications(tmp_path) if n["event"] == "retry"]
@@ -77,8 +80,15 @@ def test_a_down_source_opens_the_breaker_after_exactly_the_threshold_and_is_not_
     breaker = Breaker(name="orders_source", store=store, failure_threshold=3, recovery_timeout=0.3)
     down = CountingSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0)
     retries = RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=4)
-    result = run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06",
-                 orders_source=down, source_breaker=breaker, source_retries=retries)
+    result = run(
+        tmp_path,
+        ["raw_orders/us_east"],
+        "2024-01-06",
+        "2024-01-06",
+        orders_source=down,
+        source_breaker=breaker,
+        source_retries=retries,
+    )
     assert not result.success
     sent = notifications(tmp_path)
     changes = [(n["old"], n["new"]) for n in sent if n["event"] == "breaker_state_changed"]
@@ -96,12 +106,26 @@ def test_after_the_recovery_timeout_one_trial_call_closes_the_breaker(spark, tmp
     store = str(tmp_path / "breakers.sqlite")
     breaker = Breaker(name="orders_source", store=store, failure_threshold=2, recovery_timeout=0.5)
     down = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0)
-    run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06", orders_source=down, source_breaker=breaker,
-        source_retries=RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=2))
+    run(
+        tmp_path,
+        ["raw_orders/us_east"],
+        "2024-01-06",
+        "2024-01-06",
+        orders_source=down,
+        source_breaker=breaker,
+        source_retries=RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=2),
+    )
     assert CircuitBreaker("orders_source", store).status().state == "open"
     healthy = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY)
-    result = run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06", orders_source=healthy,
-                 source_breaker=breaker, source_retries=FAST)
+    result = run(
+        tmp_path,
+        ["raw_orders/us_east"],
+        "2024-01-06",
+        "2024-01-06",
+        orders_source=healthy,
+        source_breaker=breaker,
+        source_retries=FAST,
+    )
     assert result.success  # the step waited out the open breaker, then its trial call closed it
     assert CircuitBreaker("orders_source", store).status().state == "closed"
     changes = [(n["old"], n["new"]) for n in notifications(tmp_path) if n["event"] == "breaker_state_changed"]
@@ -109,8 +133,13 @@ def test_after_the_recovery_timeout_one_trial_call_closes_the_breaker(spark, tmp
 
 
 def test_a_non_retryable_error_fails_at_once_without_retries(spark, tmp_path):
-    result = run(tmp_path, ["raw_orders/us_east"], "2024-01-06", "2024-01-06",
-                 orders_source=BrokenCredentials(orders_per_day=TEST_ORDERS_PER_DAY))
+    result = run(
+        tmp_path,
+        ["raw_orders/us_east"],
+        "2024-01-06",
+        "2024-01-06",
+        orders_source=BrokenCredentials(orders_per_day=TEST_ORDERS_PER_DAY),
+    )
     assert not result.success
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     sent = notifications(tmp_path)

@@ -92,9 +92,22 @@ def test_fault_injection_fails_calls_at_the_configured_rate_and_during_outages()
 
 def test_the_defects_command_lists_region_days_as_json_lines():
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline_patterns.cli", "source", "defects", "--start", "2024-01-01",
-         "--end", "2024-03-31", "--defect", "collapsed_volume"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline_patterns.cli",
+            "source",
+            "defects",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-03-31",
+            "--defect",
+            "collapsed_volume",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines and all("collapsed_volume" in line["defects"] for line in lines)

@@ -122,7 +122,11 @@ def dagster_dev(tmp_path):
     log = log_path.open("w")
     server = subprocess.Popen(
         [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
@@ -195,8 +199,10 @@ def wait_for_backfill(url: str, backfill_id: str, log_path: pathlib.Path) -> dic
         )
         time.sleep(POLL)
     runs = [(r["runId"][:8], r["status"]) for r in backfill["runs"]]
-    print(f"backfill {backfill_id} {backfill['partitionNames']}: {backfill['status']} after "
-          f"{time.time() - started:.0f} s, runs {runs}, error {backfill['error']}")
+    print(
+        f"backfill {backfill_id} {backfill['partitionNames']}: {backfill['status']} after "
+        f"{time.time() - started:.0f} s, runs {runs}, error {backfill['error']}"
+    )
     return backfill
 
 
@@ -232,7 +238,9 @@ def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(da
     # the feed's defects are what this test expects (default seed, any volume)
     settings = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
     bad = {
-        (r, d) for r in REGIONS for d in DAYS
+        (r, d)
+        for r in REGIONS
+        for d in DAYS
         if (f := region_day_defects(r, dt.date.fromisoformat(d), settings)).null_user_ids or f.collapsed_volume
     }
     assert bad == BAD_REGION_DAYS

@@ -77,7 +77,9 @@ def test_verify_confirms_live_tables_from_the_landing_zone_without_calling_the_s
     tables = {c.table: c for c in comparisons}
     assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
     assert not NOT_DAILY & set(tables), "the monthly and summary aggregates are not replayed by day"
-    assert all(c.identical and c.in_live and c.in_replay and c.rows_live == c.rows_replay for c in comparisons), comparisons
+    assert all(c.identical and c.in_live and c.in_replay and c.rows_live == c.rows_replay for c in comparisons), (
+        comparisons
+    )
     assert all(tables[t].rows_live > 0 for t in REGIONAL | {"global_orders", "daily_revenue"})
     assert source_calls == []
     assert landing_fingerprint(live) == landing_before
@@ -148,7 +150,11 @@ def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0
 @pytest.mark.subprocess
 def test_the_cli_ends_quietly_when_its_reader_closes_the_pipe():
     piped = subprocess.run(
-        ["bash", "-c", f'"{CLI}" source defects --start 2024-01-01 --end 2024-12-31 | head -1; exit "${{PIPESTATUS[0]}}"'],
+        [
+            "bash",
+            "-c",
+            f'"{CLI}" source defects --start 2024-01-01 --end 2024-12-31 | head -1; exit "${{PIPESTATUS[0]}}"',
+        ],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

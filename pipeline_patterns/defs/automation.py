@@ -32,7 +32,9 @@ daily_orders_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="The daily graph: landing, regional gates and quarantine, fan-in, daily revenue.",
 )
-monthly_revenue_job = dg.define_asset_job("monthly_revenue_job", selection=[MONTHLY_REVENUE], partitions_def=monthly_partitions)
+monthly_revenue_job = dg.define_asset_job(
+    "monthly_revenue_job", selection=[MONTHLY_REVENUE], partitions_def=monthly_partitions
+)
 revenue_summary_job = dg.define_asset_job("revenue_summary_job", selection=[REVENUE_SUMMARY])
 
 daily_orders_schedule = dg.build_schedule_from_partitioned_job(
@@ -97,7 +99,9 @@ def aggregates_follow_days(context: dg.SensorEvaluationContext) -> dg.SensorResu
         context.log.info("incomplete months not published: " + "; ".join(skipped))
     return dg.SensorResult(
         run_requests=requests,
-        skip_reason=None if requests else "aggregates up to date" + (f"; incomplete: {'; '.join(skipped)}" if skipped else ""),
+        skip_reason=None
+        if requests
+        else "aggregates up to date" + (f"; incomplete: {'; '.join(skipped)}" if skipped else ""),
     )
 
 

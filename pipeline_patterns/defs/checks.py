@@ -66,7 +66,9 @@ def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.Asset
     its days and sample rows."""
     results = []
     for rule in RULES:
-        day_outcomes = {day: next(o for o in outcomes if o.rule == rule.name) for day, outcomes in outcomes_by_day.items()}
+        day_outcomes = {
+            day: next(o for o in outcomes if o.rule == rule.name) for day, outcomes in outcomes_by_day.items()
+        }
         failed = {day: o for day, o in day_outcomes.items() if not o.passed}
         shown = next(iter(failed.values()), None) or next(iter(day_outcomes.values()))
         metadata = {

@@ -39,7 +39,9 @@ class Lake(dg.ConfigurableResource):
         return {k: str(v) for k, v in self.storage.model_dump().items() if v is not None and k != "provider"}
 
     def read(self, key: dg.AssetKey, window: DayWindow | None = None, partition_column: str = "day") -> pa.Table:
-        return read_table(self.table_uri(key), window, partition_column=partition_column, storage_options=self.options())
+        return read_table(
+            self.table_uri(key), window, partition_column=partition_column, storage_options=self.options()
+        )
 
     def day_counts(self, key: dg.AssetKey, window: DayWindow) -> dict[str, int]:
         """Rows per day of the window (days without rows absent); {} while the table does not exist."""

@@ -26,7 +26,9 @@ from pipeline_patterns.lib.orders import daily_revenue_table
 
 
 class ReplayDay(dg.Config):
-    day: str = Field(default="", description="The day to replay, YYYY-MM-DD; empty means the latest day in daily_revenue.")
+    day: str = Field(
+        default="", description="The day to replay, YYYY-MM-DD; empty means the latest day in daily_revenue."
+    )
 
 
 @dg.asset_check(

@@ -12,12 +12,12 @@ backoff; circuit breaker; alerts).
 """
 
 import dataclasses
-import inspect
 import datetime as dt
+import inspect
 import json
 import pathlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 from pydantic import Field
@@ -35,7 +35,9 @@ _BREAKER_DEFAULTS = {
 class Notifier(dg.ConfigurableResource):
     """Where alerts go: one JSON line per event appended to `path`."""
 
-    path: str = Field(description="The JSON-lines file events are appended to (default <data dir>/notifications.jsonl).")
+    path: str = Field(
+        description="The JSON-lines file events are appended to (default <data dir>/notifications.jsonl)."
+    )
 
     def notify(self, event: str, **fields: object) -> None:
         record = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event, **fields}
@@ -50,9 +52,13 @@ class RetrySettings(dg.ConfigurableResource):
     min(max_delay, base_delay * backoff_factor^(n-1)) seconds, times a jitter factor."""
 
     base_delay: float = Field(default=_BACKOFF.base_delay, description="Seconds before the first retry.")
-    backoff_factor: float = Field(default=_BACKOFF.backoff_factor, description="Each retry waits this many times longer.")
+    backoff_factor: float = Field(
+        default=_BACKOFF.backoff_factor, description="Each retry waits this many times longer."
+    )
     max_delay: float = Field(default=_BACKOFF.max_delay, description="The cap on any one wait, in seconds.")
-    jitter: float = Field(default=_BACKOFF.jitter, description="Each wait is spread by up to this fraction, up or down.")
+    jitter: float = Field(
+        default=_BACKOFF.jitter, description="Each wait is spread by up to this fraction, up or down."
+    )
     max_retries: int = Field(default=_BACKOFF.max_retries, description="Retries before the step fails.")
 
     def policy(self) -> BackoffPolicy:
@@ -70,7 +76,8 @@ class Breaker(dg.ConfigurableResource):
         default=_BREAKER_DEFAULTS["failure_threshold"], description="Consecutive failures that open the breaker."
     )
     recovery_timeout: float = Field(
-        default=_BREAKER_DEFAULTS["recovery_timeout"], description="Seconds the breaker stays open before one trial call."
+        default=_BREAKER_DEFAULTS["recovery_timeout"],
+        description="Seconds the breaker stays open before one trial call.",
     )
 
     def breaker(self, on_change: Callable[[BreakerStatus, BreakerStatus], None] | None = None) -> CircuitBreaker:
@@ -101,7 +108,9 @@ def call_dependency(
     asset = context.asset_key.to_user_string() if len(context.assets_def.keys) == 1 else context.op_def.name
 
     def on_change(old: BreakerStatus, new: BreakerStatus) -> None:
-        context.log.warning(f"circuit breaker {new.name}: {old.state} -> {new.state} ({new.consecutive_failures} failures)")
+        context.log.warning(
+            f"circuit breaker {new.name}: {old.state} -> {new.state} ({new.consecutive_failures} failures)"
+        )
         notifier.notify("breaker_state_changed", breaker=new.name, old=old.state, new=new.state, asset=asset)
 
     try:
@@ -109,7 +118,9 @@ def call_dependency(
     except CircuitOpenError as error:
         if retry > policy.max_retries:
             notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
-            raise dg.Failure(description=f"{what}: {error}; gave up after {policy.max_retries} retries", allow_retries=False) from error
+            raise dg.Failure(
+                description=f"{what}: {error}; gave up after {policy.max_retries} retries", allow_retries=False
+            ) from error
         wait = max(error.retry_after, 0.1)
         context.log.warning(f"{what}: {error}; retrying the step in {wait:.1f} s ({retry}/{policy.max_retries})")
         notifier.notify("retry", asset=asset, what=what, error=str(error), retry=retry, seconds_to_wait=wait)
@@ -122,7 +133,9 @@ def call_dependency(
             ) from error
         if retry > policy.max_retries:
             notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
-            raise dg.Failure(description=f"{what} failed: {error}; gave up after {policy.max_retries} retries", allow_retries=False) from error
+            raise dg.Failure(
+                description=f"{what} failed: {error}; gave up after {policy.max_retries} retries", allow_retries=False
+            ) from error
         wait = policy.delay(retry)
         schedule = ", ".join(f"{nominal:.1f}" for nominal, _, _ in policy.schedule())
         context.log.warning(
@@ -133,6 +146,10 @@ def call_dependency(
         raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
 
 
-def breaker_metadata(breaker: Breaker) -> dict[str, object]:
+def breaker_metadata(breaker: Breaker) -> dict[str, Any]:
     status = breaker.breaker().status()
-    return {f"breaker/{k}": v for k, v in dataclasses.asdict(status).items() if k in ("name", "state", "consecutive_failures")}
+    return {
+        f"breaker/{k}": v
+        for k, v in dataclasses.asdict(status).items()
+        if k in ("name", "state", "consecutive_failures")
+    }

@@ -3,6 +3,7 @@ infrastructure: local Spark and a local lake by default, a cluster and object st
 environment)."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -33,8 +34,8 @@ def build_resources(data_dir: Path) -> dict[str, object]:
     lake = Lake(uri=str(data_dir / "lake"))
     volume = environment.feed_volume()
     # a smaller feed keeps the volume gate proportionate: 20 %, as 1,000 of the default 5,000
-    sized = {"orders_per_day": volume} if volume else {}
-    gates = {"min_orders_per_day": volume // 5} if volume else {}
+    sized: dict[str, Any] = {"orders_per_day": volume} if volume else {}
+    gates: dict[str, Any] = {"min_orders_per_day": volume // 5} if volume else {}
     return {
         "spark": PySparkResource(spark_config=spark_config()),
         "lake": lake,

@@ -30,7 +30,8 @@ class OrdersSource(dg.ConfigurableResource):
         default=_FEED.null_user_day_rate, description="Share of region-days with null user ids (quarantined)."
     )
     collapsed_volume_day_rate: float = Field(
-        default=_FEED.collapsed_volume_day_rate, description="Share of region-days with 2 % of the volume (quarantined)."
+        default=_FEED.collapsed_volume_day_rate,
+        description="Share of region-days with 2 % of the volume (quarantined).",
     )
     corrected: list[str] = Field(
         default=[],
@@ -54,7 +55,7 @@ class OrdersSource(dg.ConfigurableResource):
     _faults: feed.FeedFaults = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        windows = [tuple(dt.datetime.fromisoformat(t) for t in w.split("/")) for w in self.outages]
+        windows = [outage_window(w) for w in self.outages]
         self._faults = feed.FeedFaults(failure_rate=self.failure_rate, outages=windows, seed=self.seed)
 
     def settings(self) -> feed.FeedSettings:
@@ -79,6 +80,13 @@ class OrdersSource(dg.ConfigurableResource):
         """The files the feed delivers for a region-day: file name -> CSV bytes, as received."""
         self._faults.check(f"orders feed {region} {day}")
         return feed.region_day_files(region, day, self.settings())
+
+
+def outage_window(text: str) -> tuple[dt.datetime, dt.datetime]:
+    start, _, end = text.partition("/")
+    if not end:
+        raise ValueError(f"OrdersSource.outages: {text!r} is not 'START/END' in ISO 8601")
+    return dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
 
 
 class FxRates(dg.ConfigurableResource):

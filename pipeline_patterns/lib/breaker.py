@@ -90,12 +90,12 @@ class _Row:
     updated_at: float
 
     def trial_in_flight(self, now: float) -> bool:
-        return self.trial_id is not None and now < self.trial_expires_at
+        return self.trial_id is not None and self.trial_expires_at is not None and now < self.trial_expires_at
 
     def retry_after(self, now: float) -> float:
-        if self.state == OPEN:
+        if self.state == OPEN and self.opened_at is not None:
             return max(0.0, self.opened_at + self.recovery_timeout - now)
-        if self.state == HALF_OPEN and self.trial_in_flight(now):
+        if self.state == HALF_OPEN and self.trial_in_flight(now) and self.trial_expires_at is not None:
             # The trial decides by the end of its lease; waiting longer than a recovery timeout
             # would only delay callers after a quick successful trial.
             return min(self.recovery_timeout, self.trial_expires_at - now)
@@ -234,7 +234,7 @@ class CircuitBreaker:
         def admit(row: _Row, now: float) -> _Row:
             if row.state == CLOSED:
                 return row
-            if row.state == OPEN and now < row.opened_at + row.recovery_timeout:
+            if row.state == OPEN and row.opened_at is not None and now < row.opened_at + row.recovery_timeout:
                 return row
             if row.state == HALF_OPEN and row.trial_in_flight(now):
                 return row
@@ -270,7 +270,12 @@ class CircuitBreaker:
                 if row.state == HALF_OPEN or failures >= self.failure_threshold:
                     # A failed trial re-opens at once, with a fresh recovery timeout from now.
                     return dataclasses.replace(
-                        row, state=OPEN, consecutive_failures=failures, opened_at=now, trial_id=None, trial_expires_at=None
+                        row,
+                        state=OPEN,
+                        consecutive_failures=failures,
+                        opened_at=now,
+                        trial_id=None,
+                        trial_expires_at=None,
                     )
                 return dataclasses.replace(row, consecutive_failures=failures)
             return row  # already open, or another trial decides

@@ -10,7 +10,6 @@ Reads go through delta-rs's own query engine (`QueryBuilder`), never the pyarrow
 """
 
 import dataclasses
-import datetime as dt
 import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
@@ -149,9 +148,7 @@ def read_table(
     return result.select(schema.names).cast(schema)
 
 
-def day_counts(
-    uri: str, window: DayWindow, *, storage_options: Mapping[str, str] | None = None
-) -> dict[str, int]:
+def day_counts(uri: str, window: DayWindow, *, storage_options: Mapping[str, str] | None = None) -> dict[str, int]:
     """Rows per day of `window` in the table at `uri` (days without rows are absent); {} when
     the table does not exist yet. A metadata-sized query: no row leaves delta-rs."""
     try:

@@ -56,16 +56,17 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
         F.concat_ws(
             ",",
             F.when(F.col("_corrupt_record").isNotNull(), F.lit("malformed_line")),
-            *[_unparsed(name, kind) for name, kind in [("amount", "double"), ("event_ts", "ts"), ("delivered_at", "ts")]],
+            *[
+                _unparsed(name, kind)
+                for name, kind in [("amount", "double"), ("event_ts", "ts"), ("delivered_at", "ts")]
+            ],
         ).alias("parse_errors"),
     )
     # Deduplicate within a day only: the result of a day must not depend on which other days
     # share its run, or a range backfill and day-by-day runs would disagree.
     # Rows without an order_id are never merged with each other: each is kept (and quarantined).
     order_key = F.coalesce("order_id", F.concat(F.lit("\u0000"), F.monotonically_increasing_id()))
-    latest_first = Window.partitionBy("day", order_key).orderBy(
-        F.desc_nulls_last("delivered_at"), F.desc("batch_id")
-    )
+    latest_first = Window.partitionBy("day", order_key).orderBy(F.desc_nulls_last("delivered_at"), F.desc("batch_id"))
     return (
         typed.withColumn("_rank", F.row_number().over(latest_first))
         .withColumn("deliveries", F.count(F.lit(1)).over(Window.partitionBy("day", order_key)))
@@ -106,7 +107,13 @@ def _sum_in_cents(table: pa.Table, keys: list[str], column: str, others: list[tu
 
 
 DAILY_REVENUE_SCHEMA = pa.schema(
-    [("day", pa.string()), ("region", pa.string()), ("orders", pa.int64()), ("revenue_usd", pa.float64()), ("distinct_users", pa.int64())]
+    [
+        ("day", pa.string()),
+        ("region", pa.string()),
+        ("orders", pa.int64()),
+        ("revenue_usd", pa.float64()),
+        ("distinct_users", pa.int64()),
+    ]
 )
 
 
@@ -129,7 +136,10 @@ def monthly_revenue_table(daily_revenue: pa.Table) -> pa.Table:
     """Per month ('YYYY-MM-01') and region: orders, revenue in USD, days with data."""
     month = pc.binary_join_element_wise(pc.utf8_slice_codeunits(daily_revenue["day"], 0, 7), "01", "-")
     summary = _sum_in_cents(
-        daily_revenue.append_column("month", month), ["month", "region"], "revenue_usd", [("orders", "sum"), ("day", "count")]
+        daily_revenue.append_column("month", month),
+        ["month", "region"],
+        "revenue_usd",
+        [("orders", "sum"), ("day", "count")],
     ).rename_columns({"orders_sum": "orders", "day_count": "days"})
     return summary.select(["month", "region", "orders", "revenue_usd", "days"]).sort_by(
         [("month", "ascending"), ("region", "ascending")]
@@ -150,11 +160,14 @@ def revenue_summary_table(daily_revenue: pa.Table, days: int = 30) -> pa.Table:
     n = summary.num_rows
     return (
         summary.append_column(
-            "avg_daily_revenue_usd", pc.round(pc.divide(summary["revenue_usd"], pc.cast(summary["days_with_data"], pa.float64())), 2)
+            "avg_daily_revenue_usd",
+            pc.round(pc.divide(summary["revenue_usd"], pc.cast(summary["days_with_data"], pa.float64())), 2),
         )
         .append_column("window_start", pa.array([first] * n))
         .append_column("window_end", pa.array([last.isoformat()] * n))
-        .select(["region", "window_start", "window_end", "days_with_data", "orders", "revenue_usd", "avg_daily_revenue_usd"])
+        .select(
+            ["region", "window_start", "window_end", "days_with_data", "orders", "revenue_usd", "avg_daily_revenue_usd"]
+        )
         .sort_by("region")
     )
 

@@ -123,7 +123,11 @@ def _schema(orders, day, settings):
     actual = {f.name: str(f.type) for f in orders.schema if f.name in expected}
     drift = {k: f"{actual.get(k, 'missing')} (expected {v})" for k, v in expected.items() if actual.get(k) != v}
     extra = sorted(set(orders.column_names) - set(expected) - {"parse_errors", "landed_columns"})
-    header_drift = sorted(set(pc.unique(orders["landed_columns"]).to_pylist()) - {None}) if "landed_columns" in orders.column_names else []
+    header_drift = (
+        sorted(set(pc.unique(orders["landed_columns"]).to_pylist()) - {None})
+        if "landed_columns" in orders.column_names
+        else []
+    )
     return None, {
         "_failed": bool(drift or extra or header_drift),
         "drift": str(drift) if drift else "none",
@@ -134,7 +138,9 @@ def _schema(orders, day, settings):
 
 RULES: list[Rule] = [
     Rule("schema_matches", "Columns and types are the expected ones (schema drift is caught).", True, _schema),
-    Rule("values_parse", "Every line is well formed and every value parses (amounts, timestamps).", True, _values_parse),
+    Rule(
+        "values_parse", "Every line is well formed and every value parses (amounts, timestamps).", True, _values_parse
+    ),
     Rule("order_id_not_null", "Every order has an order_id.", True, _not_null("order_id")),
     Rule("user_id_not_null", "Every order has a user_id.", True, _not_null("user_id")),
     Rule("order_id_unique", "One row per order and day after deduplication.", True, _unique_order_id),

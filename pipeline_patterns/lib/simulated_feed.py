@@ -124,9 +124,7 @@ def _stable_id(text: str) -> int:
 
 
 def _rng(seed: int, *parts: str | int) -> np.random.Generator:
-    return np.random.default_rng(
-        [seed] + [p if isinstance(p, int) else _stable_id(p) for p in parts]
-    )
+    return np.random.default_rng([seed] + [p if isinstance(p, int) else _stable_id(p) for p in parts])
 
 
 def region_day_defects(region: str, day: dt.date, settings: FeedSettings) -> RegionDayDefects:
@@ -156,9 +154,7 @@ def _iso(ts_seconds: np.ndarray) -> list[str]:
     return np.datetime_as_string(ts_seconds.astype("datetime64[s]"), unit="s", timezone="UTC").tolist()
 
 
-def region_day_deliveries(
-    region: str, day: dt.date, settings: FeedSettings
-) -> dict[str, pa.Table]:
+def region_day_deliveries(region: str, day: dt.date, settings: FeedSettings) -> dict[str, pa.Table]:
     """The batches the feed delivers for one region-day: batch id -> records (all strings, as
     received). Orders delivered twice appear in the final `redelivery` batch."""
     defects = region_day_defects(region, day, settings)
@@ -200,10 +196,7 @@ def region_day_deliveries(
     }
     schema = pa.schema([(name, pa.string()) for name in RECORD_FIELDS])
     records = pa.table(columns, schema=schema)
-    deliveries = {
-        bid: records.filter(pc.equal(records["batch_id"], bid))
-        for bid in sorted(set(columns["batch_id"]))
-    }
+    deliveries = {bid: records.filter(pc.equal(records["batch_id"], bid)) for bid in sorted(set(columns["batch_id"]))}
     dup = np.sort(rng.choice(n, size=defects.duplicate_deliveries, replace=False))
     if dup.size:
         redelivery_id = f"{region}-{ymd}-{REDELIVERY_BATCH}"
@@ -247,7 +240,9 @@ def read_corrections(path: str) -> list[str]:
     try:
         entries = json.loads(pathlib.Path(path).read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"corrections file {path} is not valid JSON ({error}); rewrite it with `pipeline-patterns source correct`") from error
+        raise ValueError(
+            f"corrections file {path} is not valid JSON ({error}); rewrite it with `pipeline-patterns source correct`"
+        ) from error
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise ValueError(f"corrections file {path} must hold a JSON list of 'REGION DAY' strings")
     return entries

@@ -15,6 +15,7 @@ returned. It then fails with a `Failure` naming the held days, which Dagster sho
 """
 
 import datetime as dt
+import functools
 
 import dagster as dg
 import pyarrow as pa
@@ -94,10 +95,16 @@ def global_orders_and_daily_revenue(
                 continue
             regional = [only_days(lake.read(regional_key(r), chunk), chunk_days) for r in REGIONS]
             currencies = sorted({c for t in regional for c in t["currency"].to_pylist()})
-            fx_days = sorted({dt.date.fromisoformat(d) for t in regional for d in pc.unique(fx_day(t["event_ts"])).to_pylist()})
+            fx_days = sorted(
+                {dt.date.fromisoformat(d) for t in regional for d in pc.unique(fx_day(t["event_ts"])).to_pylist()}
+            )
             rates = call_dependency(
-                context, "fx rates", lambda: fx_rates.rates(currencies, fx_days),
-                breaker=fx_breaker, retries=fx_retries, notifier=notifier,
+                context,
+                "fx rates",
+                functools.partial(fx_rates.rates, currencies, fx_days),
+                breaker=fx_breaker,
+                retries=fx_retries,
+                notifier=notifier,
             )
             orders = global_orders_table(regional, rates)
             revenue_parts.append(daily_revenue_table(orders))
@@ -109,7 +116,8 @@ def global_orders_and_daily_revenue(
             written[GLOBAL_ORDERS] = lake.replace(GLOBAL_ORDERS, chunks, window, run_id)
     else:
         revenue_parts = [
-            daily_revenue_table(only_days(lake.read(GLOBAL_ORDERS, chunk), ready)) for chunk in window.chunks(DAYS_PER_CHUNK)
+            daily_revenue_table(only_days(lake.read(GLOBAL_ORDERS, chunk), ready))
+            for chunk in window.chunks(DAYS_PER_CHUNK)
         ]
     if DAILY_REVENUE in context.selected_asset_keys:
         revenue = pa.concat_tables([DAILY_REVENUE_SCHEMA.empty_table(), *revenue_parts])  # a few rows a day
@@ -136,7 +144,8 @@ def global_orders_and_daily_revenue(
         raise dg.Failure(
             description=(
                 f"held {len(held)} of {len(days)} days of {window} ({len(ready)} processed): "
-                + " | ".join(lines[:20]) + (" | ..." if len(lines) > 20 else "")
+                + " | ".join(lines[:20])
+                + (" | ..." if len(lines) > 20 else "")
                 + ". Correct the source for those region-days, then backfill only failed and missing partitions."
             ),
             metadata={"held_days": ", ".join(held), "days_processed": len(ready), "days_held": len(held)},

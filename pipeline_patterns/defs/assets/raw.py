@@ -1,6 +1,8 @@
 """raw_orders/<region>: one region-day of the feed landed as files, as received (pattern:
 fan-out, extraction step; immutable landing zone)."""
 
+import functools
+
 import dagster as dg
 
 from pipeline_patterns.defs.landing import LandingZone
@@ -36,8 +38,12 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
             if landing.landed_by(region, day) == run_id:
                 continue  # landed by an earlier attempt of this step: a retry resumes, not restarts
             delivered = call_dependency(
-                context, f"orders feed {region} {day}", lambda: orders_source.fetch(region, day),
-                breaker=source_breaker, retries=source_retries, notifier=notifier,
+                context,
+                f"orders feed {region} {day}",
+                functools.partial(orders_source.fetch, region, day),
+                breaker=source_breaker,
+                retries=source_retries,
+                notifier=notifier,
             )
             manifest = landing.land(region, day, run_id, delivered)
             files, size = files + len(manifest.files), size + manifest.bytes

@@ -124,7 +124,13 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     f"{clean_key.to_user_string()} {d.day}: quarantined {d.quarantined.num_rows} rows "
                     f"({', '.join(d.failed_checks)}); the global day {d.day} is held until a corrected delivery"
                 )
-                notifier.notify("region_day_quarantined", region=region, day=d.day, checks=d.failed_checks, rows=d.quarantined.num_rows)
+                notifier.notify(
+                    "region_day_quarantined",
+                    region=region,
+                    day=d.day,
+                    checks=d.failed_checks,
+                    rows=d.quarantined.num_rows,
+                )
         yield dg.MaterializeResult(
             asset_key=clean_key,
             metadata={"delta_version": clean.version, "table_uri": dg.MetadataValue.path(clean.table_uri)},
