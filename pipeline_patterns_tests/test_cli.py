@@ -1,5 +1,6 @@
 """`dagster asset materialize` as a CI job runs it, and a run killed at any instant recovers."""
 
+import json
 import os
 import pathlib
 import signal
@@ -11,7 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
-from pipeline_patterns_tests.helpers import PROJECT_ROOT
+from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV
 
 pytestmark = pytest.mark.subprocess
 
@@ -40,7 +41,7 @@ COMMAND = [
 def environment(base: pathlib.Path) -> dict[str, str]:
     home = base / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(base / "data")}
+    return {**os.environ, **TEST_ENV, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(base / "data")}
 
 
 def hashes(base: pathlib.Path) -> dict[str, str]:
@@ -75,3 +76,16 @@ def test_a_run_killed_mid_way_then_rerun_holds_exactly_what_a_clean_run_wrote(cl
     assert not (tmp_path / "data" / "lake" / "daily_revenue").exists(), "killed too late to prove anything"
     subprocess.run(COMMAND, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
     assert hashes(tmp_path) == hashes(clean_run)
+
+
+def test_a_default_config_range_from_the_cli_finishes_the_ready_days_and_exits_non_zero_naming_the_held_one(tmp_path):
+    command = [*COMMAND[:-2], "--partition-range", "2024-01-04...2024-01-06"]
+    run = subprocess.run(command, cwd=PROJECT_ROOT, env=environment(tmp_path), capture_output=True, text=True)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert "held 1 of 3 days of 2024-01-04...2024-01-06 (2 processed): 2024-01-05: us-east: quarantined" in output
+    orders = read_table(str(tmp_path / "data" / "lake" / "global_orders"))
+    assert sorted(set(orders["day"].to_pylist())) == ["2024-01-04", "2024-01-06"]
+    events = [json.loads(line) for line in (tmp_path / "data" / "notifications.jsonl").read_text().splitlines()]
+    held = [e for e in events if e["event"] == "days_held"]
+    assert len(held) == 1 and list(held[0]["held"]) == ["2024-01-05"]

@@ -100,6 +100,13 @@ def test_a_down_source_opens_the_breaker_after_exactly_the_threshold_and_is_not_
     assert len(blocked) == 1 and 0 < blocked[0]["seconds_to_wait"] <= 0.3
     assert CircuitBreaker("orders_source", store).status().state == "open"
     assert sent[-1]["event"] == "final_failure"
+    # the asset page shows the breaker's state as it ended, though no materialization was recorded
+    observed = [
+        e.event_specific_data.asset_observation.metadata["breaker/state"].value
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observed == ["open", "half_open", "open"]
 
 
 def test_after_the_recovery_timeout_one_trial_call_closes_the_breaker(spark, tmp_path):

@@ -112,6 +112,19 @@ def call_dependency(
             f"circuit breaker {new.name}: {old.state} -> {new.state} ({new.consecutive_failures} failures)"
         )
         notifier.notify("breaker_state_changed", breaker=new.name, old=old.state, new=new.state, asset=asset)
+        # The asset page shows the breaker as it is now, also when the step then fails and
+        # records no materialization (whose metadata would still say "closed").
+        for key in context.selected_asset_keys:
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=key,
+                    metadata={
+                        "breaker/name": new.name,
+                        "breaker/state": new.state,
+                        "breaker/consecutive_failures": new.consecutive_failures,
+                    },
+                )
+            )
 
     try:
         return breaker.breaker(on_change).call(fn)
