@@ -25,11 +25,12 @@ from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_
 pytestmark = pytest.mark.subprocess
 
 LOCATION = "pipeline_patterns"
-DAYS = [(dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(10)]
+DAYS = ["2024-01-04", "2024-01-05", "2024-01-06"]
 # With the default seed (any volume) the feed's bad region-days in DAYS; a day is held when any
-# of its four region-days is bad.
-BAD_REGION_DAYS = {("eu-west", "2024-01-01"), ("us-east", "2024-01-05"), ("eu-west", "2024-01-05")}
-HELD_DAYS = ["2024-01-01", "2024-01-05"]
+# of its region-days is bad. Three days keep both backfills to one run each (a held day in the
+# middle: processed days on both sides of it).
+BAD_REGION_DAYS = {("us-east", "2024-01-05"), ("eu-west", "2024-01-05")}
+HELD_DAYS = ["2024-01-05"]
 
 RAW = [("raw_orders", region_key(r)) for r in REGIONS]
 REGIONAL = [("regional_orders", region_key(r)) for r in REGIONS]
@@ -38,6 +39,7 @@ FAN_IN = [("global_orders",), ("daily_revenue",)]
 DAILY_GRAPH = RAW + REGIONAL + QUARANTINE + FAN_IN
 
 BACKFILL_TIMEOUT = 600
+RUN_TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 POLL = 2.5
 NOT_TERMINAL = {"REQUESTED", "CANCELING", "FAILING"}
 
@@ -185,13 +187,17 @@ def launch_backfill(url: str, keys: list[tuple[str, ...]], partition_names: list
 
 
 def wait_for_backfill(url: str, backfill_id: str, log_path: pathlib.Path) -> dict:
-    """Poll the backfill until it reaches a terminal status; return it (status and runs)."""
+    """Poll the backfill until it is terminal or its runs all are; return it (status and runs).
+
+    Waiting for the runs, not the backfill's own status, saves a daemon tick (30 s, fixed in
+    Dagster 1.13) per backfill: the daemon marks a backfill complete one tick after its runs."""
     deadline = time.time() + BACKFILL_TIMEOUT
     started = time.time()
     while True:
         backfill = graphql(url, BACKFILL, id=backfill_id)["partitionBackfillOrError"]
         assert backfill["__typename"] == "PartitionBackfill", backfill
-        if backfill["status"] not in NOT_TERMINAL:
+        runs_done = backfill["runs"] and all(r["status"] in RUN_TERMINAL for r in backfill["runs"])
+        if backfill["status"] not in NOT_TERMINAL or runs_done:
             break
         assert time.time() < deadline, (
             f"backfill {backfill_id} still {backfill['status']} after {BACKFILL_TIMEOUT} s: {backfill}\n"
@@ -254,7 +260,6 @@ def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(da
 
     # 1. the range backfill of the daily graph: one run, which fails naming the held days
     backfill = wait_for_backfill(url, launch_backfill(url, DAILY_GRAPH, DAYS), log_path)
-    assert backfill["status"] in ("COMPLETED", "COMPLETED_FAILED", "FAILED"), backfill
     assert len(backfill["runs"]) == 1, backfill["runs"]  # BackfillPolicy.single_run: the range in ONE run
     assert backfill["runs"][0]["status"] == "FAILURE", backfill["runs"]
 
@@ -273,7 +278,6 @@ def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(da
     # 4. the source corrects its bad region-days; the fix-up backfill completes every day
     add_corrections(str(data_dir / "source_corrections.json"), [f"{r} {d}" for r, d in sorted(BAD_REGION_DAYS)])
     backfill = wait_for_backfill(url, launch_backfill(url, DAILY_GRAPH, fix_up), log_path)
-    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
     assert sorted(backfill["partitionNames"]) == HELD_DAYS
     assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
 
