@@ -79,7 +79,7 @@ def run_floor(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_
         for day in window.days:
             landing.land(root, region, day, "floor", region_day_files(region, day, settings))
         orders = regional_orders_table(spark, landing.landed_files(root, region, window.days))
-        orders = orders.drop_columns(["parse_errors", "deliveries"])
+        orders = orders.drop_columns(["parse_errors", "duplicates", "superseded"])
         replace_window(str(lake / "regional_orders" / region_key(region)), orders, window)
         regional.append(orders)
     orders = pa.concat_tables(regional)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
+from pipeline_patterns.defs.assets.global_merge import holds_days
 from pipeline_patterns.defs.partitions import daily_partitions
 from pipeline_patterns.defs.resources import build_resources
 from pipeline_patterns.defs.sources import OrdersSource
@@ -176,7 +177,7 @@ def verify_range(
         if callers:  # the replay proves nothing if it re-extracts, and the landing is not its to write
             names = ", ".join(k.to_user_string() for a in callers for k in a.keys)
             raise ValueError(f"the replay selection would call the source: {names}")
-        dg.materialize(
+        result = dg.materialize(
             [*assets, *checks],
             selection=selection,
             tags={
@@ -185,8 +186,15 @@ def verify_range(
             },
             resources=run_resources,
             instance=dg.DagsterInstance.ephemeral(),
-            raise_on_error=False,  # a quarantined day fails the run; its tables are still compared
+            raise_on_error=False,  # held days fail the run by design; their tables are still compared
         )
+        unexpected = [
+            f"{e.step_key}: {e.step_failure_data.error.message.strip()[:300] if e.step_failure_data.error else ''}"
+            for e in result.get_step_failure_events()
+            if not holds_days(e)
+        ]
+        if unexpected:  # a replay that crashed proves nothing either way
+            raise RuntimeError(f"the replay of {first}...{last} failed: {'; '.join(unexpected)}")
         return compare_window(
             live_dir / "lake",
             pathlib.Path(scratch) / "lake",

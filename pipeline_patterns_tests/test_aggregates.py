@@ -128,3 +128,18 @@ def test_a_rewritten_day_refreshes_its_month_and_the_summary_and_nothing_else(ja
     orders_after = dict(zip(after["region"].to_pylist(), after["orders"].to_pylist(), strict=True))
     assert {r: orders_before[r] - orders_after[r] for r in orders_after} == {r: 100 for r in orders_after}
     assert tick(defs, instance) == set()  # caught up: nothing is recomputed twice
+
+
+def test_a_published_month_that_loses_a_day_is_recomputed_and_fails_naming_it(january):
+    data_dir, instance, defs, _, _, _ = january
+    # 20 January is re-delivered broken in every region: the re-run holds the day
+    held = materialize(data_dir, instance, partition="2024-01-20", null_user_day_rate=1.0, raise_on_error=False)
+    assert not held.success
+    requests = tick(defs, instance)
+    assert ("monthly_revenue_job", "2024-01-01") in requests
+    result = materialize(data_dir, instance, partition="2024-01-01", selection=[MONTHLY], raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "1 of 31 days lack daily_revenue (2024-01-20)" in str(failure.event_specific_data.error)
+    status = instance.get_status_by_partition(MONTHLY, ["2024-01-01"], monthly_revenue_job.partitions_def)
+    assert status == {"2024-01-01": dg.AssetPartitionStatus.FAILED}
+    assert ("monthly_revenue_job", "2024-01-01") not in tick(defs, instance)  # no loop

@@ -207,6 +207,55 @@ def test_bad_input_is_quarantined_with_a_reason(spark, tmp_path, case):
     assert rows.num_rows == landed  # nothing lost: every landed line is in quarantine
 
 
+REDELIVERED = {
+    # a later delivery repeating the order exactly: a duplicate
+    "a true copy": ("o1,u1,us-east,12.50,USD,2024-01-02T10:00:00Z,b01,2024-01-02T18:00:00Z\n", set(), (3, 1, 0)),
+    # a later delivery with another amount: the newest wins, the older version is superseded
+    "a correction": ("o1,u1,us-east,13.00,USD,2024-01-02T10:00:00Z,b01,2024-01-02T18:00:00Z\n", set(), (3, 0, 1)),
+    # a malformed later delivery must not outrank, nor vanish behind, the good one
+    "a malformed redelivery": ('o1,u1,us-east,"1,234.50",USD,2024-01-02T10:00:00Z\n', {"values_parse"}, None),
+    # blank ids are no ids: never merged into one order
+    "blank order ids": (
+        "  ,u8,us-east,1.00,USD,2024-01-02T10:00:00Z,b01,2024-01-02T18:00:00Z\n"
+        " ,u9,us-east,2.00,USD,2024-01-02T11:00:00Z,b01,2024-01-02T18:00:00Z\n",
+        {"order_id_not_null"},
+        None,
+    ),
+}
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("case", list(REDELIVERED))
+def test_only_true_copies_count_as_duplicates_and_nothing_is_lost(spark, tmp_path, case):
+    extra, expected_checks, counts = REDELIVERED[case]
+    good = "\n".join(GOOD.format(i=i) for i in range(3)) + "\n"
+    files = {"b00.csv": f"{HEADER}\n{good}".encode(), "b01.csv": f"{HEADER}\n{extra}".encode()}
+    landing.land(tmp_path / "landing", "us-east", DAY, "hand-made", files)
+    result = _materialize_small(tmp_path)
+    failed = {
+        e.check_name for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"
+    }
+    assert failed == expected_checks, case
+    metadata = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[0] == "regional_orders"
+    )
+    landed = metadata["rows_landed"].value
+    kept, duplicates, superseded = (
+        metadata["dagster/row_count"].value,
+        metadata["duplicates_dropped"].value,
+        metadata["superseded_dropped"].value,
+    )
+    assert landed == kept + duplicates + superseded + metadata["rows_quarantined"].value
+    if counts:
+        assert (kept, duplicates, superseded) == counts
+        amount = read_table(str(tmp_path / "lake" / "regional_orders" / "us_east")).to_pydict()
+        assert dict(zip(amount["order_id"], amount["amount"], strict=True))["o1"] == (13.0 if superseded else 12.5)
+    else:
+        assert kept == 0 and metadata["rows_quarantined"].value >= 1
+
+
 @pytest.mark.spark
 def test_a_region_day_of_empty_files_fails_the_volume_gate(spark, tmp_path):
     landing.land(tmp_path / "landing", "us-east", DAY, "empty", {"b00.csv": b"", "b01.csv": f"{HEADER}\n".encode()})

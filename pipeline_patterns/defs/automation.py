@@ -4,8 +4,9 @@ alerts on failure).
 - `daily_orders_schedule`: at 02:00 UTC, the daily graph for the day that just closed (the feed
   delivers a day's last redelivery batch at 01:00). Running by default: a daily pipeline runs daily.
 - `aggregates_follow_days`: requests `monthly_revenue` for every COMPLETE month (all its days
-  MATERIALIZED in daily_revenue) that has a day newer than the month, and `revenue_summary` when
-  any day is newer than it. Dagster's `any_deps_updated()` automation condition is cursor-based:
+  MATERIALIZED in daily_revenue) with a day that changed after the month's last run, and
+  `revenue_summary` when any day is newer than it. A published month that loses a day (held on a
+  re-run) is requested too: its run fails naming the day, so the month shows FAILED. Dagster's `any_deps_updated()` automation condition is cursor-based:
   a sensor started after a backfill never sees the rewrites made before it ("since last handled"
   starts at its first tick). This sensor compares event-log storage ids instead, which is
   stateless: whenever it starts, it finds every rewritten day, and its run keys stop it from
@@ -25,6 +26,7 @@ DAILY_REVENUE = dg.AssetKey("daily_revenue")
 MONTHLY_REVENUE = dg.AssetKey("monthly_revenue")
 REVENUE_SUMMARY = dg.AssetKey("revenue_summary")
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
+PLANNED = dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
 
 daily_orders_job = dg.define_asset_job(
     "daily_orders",
@@ -52,30 +54,44 @@ def month_days(month: str) -> list[str]:
 
 
 def aggregate_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], list[str]]:
-    """The runs that bring the aggregates up to date, and why months were left alone."""
-    daily = instance.get_latest_storage_id_by_partition(DAILY_REVENUE, MATERIALIZATION)
-    monthly = instance.get_latest_storage_id_by_partition(MONTHLY_REVENUE, MATERIALIZATION)
+    """The runs that bring the aggregates up to date, and why months were left alone.
+
+    A day "changed" when a run materialized it or targeted it (a day held after it had been
+    published is a change too); a month is up to date when its last run STARTED after every
+    change of its days (a day rewritten while the month ran is not missed)."""
+    materialized = instance.get_latest_storage_id_by_partition(DAILY_REVENUE, MATERIALIZATION)
+    planned = instance.get_latest_storage_id_by_partition(DAILY_REVENUE, PLANNED)
+    changed = {day: max(materialized.get(day, 0), planned.get(day, 0)) for day in {*materialized, *planned}}
+    month_started = instance.get_latest_storage_id_by_partition(MONTHLY_REVENUE, PLANNED)
     requests, skipped = [], []
-    for month in sorted({day[:7] + "-01" for day in daily}):
+    for month in sorted({day[:7] + "-01" for day in materialized}):
         days = month_days(month)
-        newest = max(daily.get(day, 0) for day in days)
-        if newest <= monthly.get(month, 0):
-            continue  # the month already includes its newest day
+        newest = max(changed.get(day, 0) for day in days)
+        if newest <= month_started.get(month, 0):
+            continue  # the month's last run saw its newest day
         statuses = instance.get_status_by_partition(DAILY_REVENUE, days, daily_partitions) or {}
+        if any(statuses.get(d) == dg.AssetPartitionStatus.IN_PROGRESS for d in days):
+            skipped.append(f"{month[:7]}: days being written")
+            continue
         lacking = [d for d in days if statuses.get(d) != dg.AssetPartitionStatus.MATERIALIZED]
-        if lacking:
+        if lacking and month not in month_started:
             skipped.append(f"{month[:7]}: {len(lacking)} days not materialized ({', '.join(lacking[:3])}...)")
             continue
+        # complete: publish it; published but now lacking a day: its run fails, naming the day,
+        # so the month shows FAILED instead of a total that includes a day no longer there
         requests.append(
             dg.RunRequest(
                 run_key=f"monthly_revenue {month} {newest}",
                 job_name=monthly_revenue_job.name,
                 partition_key=month,
-                tags={"pipeline_patterns/reason": f"a day of {month[:7]} was rewritten after the month"},
+                tags={
+                    "pipeline_patterns/reason": f"a day of {month[:7]} changed after the month"
+                    + (f"; lacking {', '.join(lacking[:3])}" if lacking else "")
+                },
             )
         )
     summary = instance.fetch_materializations(REVENUE_SUMMARY, limit=1).records
-    newest_day = max(daily.values(), default=0)
+    newest_day = max(materialized.values(), default=0)
     if newest_day > (summary[0].storage_id if summary else 0):
         requests.append(
             dg.RunRequest(

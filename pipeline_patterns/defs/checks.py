@@ -54,7 +54,10 @@ def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             ROWS_ACCOUNTED,
             asset=asset_key,
-            description="[ERROR, blocking] rows landed = processed + duplicates dropped + quarantined, every day.",
+            description=(
+                "[ERROR, blocking] rows landed = processed + duplicates (true copies) + superseded (older "
+                "versions of a kept order) + quarantined, every day."
+            ),
             blocking=True,
         )
     )
@@ -98,6 +101,7 @@ def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
             "rows_landed": sum(d.landed for d in region_days),
             "rows_processed": sum(d.clean.num_rows for d in region_days),
             "duplicates_dropped": sum(d.duplicates for d in region_days),
+            "superseded_dropped": sum(d.superseded for d in region_days),
             "rows_quarantined": sum(d.quarantined.num_rows for d in region_days),
         },
     )

@@ -81,7 +81,9 @@ def held_days(
             if day in quarantine_reasons.get(region, {})
             else f"{region}: no clean data (not processed yet)"
             for region in regions
-            if not clean_rows.get(region, {}).get(day)
+            # quarantine rows hold the day even beside clean rows (a regional run that died
+            # between its two commits): re-running the region-day settles it
+            if not clean_rows.get(region, {}).get(day) or day in quarantine_reasons.get(region, {})
         ]
         if reasons:
             held[day] = reasons

@@ -37,14 +37,22 @@ REGIONAL_SCHEMA = pa.schema(
 )
 
 
+# What an order says; a redelivery that repeats these is a true copy, one that changes them a
+# newer version (batch_id and delivered_at describe the delivery, not the order).
+ORDER_COLUMNS = ["order_id", "user_id", "region", "amount", "currency", "event_ts"]
+
+
 def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
     """Typed, deduplicated orders of the landed files: one row per (day, order_id), the latest
-    delivery kept; `deliveries` counts how many times the order was delivered."""
+    delivery kept, with `duplicates` (other deliveries that are true copies of the kept row) and
+    `superseded` (older deliveries with other content, replaced by the kept newest one). A parse
+    error in ANY delivery of the order is carried onto the kept row, so a malformed delivery is
+    quarantined rather than silently outranked."""
     landed = spark.read.csv(
         files, header=True, schema=LANDED_SCHEMA, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record"
     )
     typed = landed.select(
-        F.trim("order_id").alias("order_id"),
+        F.nullif(F.trim("order_id"), F.lit("")).alias("order_id"),
         F.nullif(F.trim("user_id"), F.lit("")).alias("user_id"),
         F.trim("region").alias("region"),
         F.expr("try_cast(trim(amount) AS DOUBLE)").alias("amount"),
@@ -66,12 +74,31 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
     # share its run, or a range backfill and day-by-day runs would disagree.
     # Rows without an order_id are never merged with each other: each is kept (and quarantined).
     order_key = F.coalesce("order_id", F.concat(F.lit("\u0000"), F.monotonically_increasing_id()))
-    latest_first = Window.partitionBy("day", order_key).orderBy(F.desc_nulls_last("delivered_at"), F.desc("batch_id"))
+    group = Window.partitionBy("day", order_key)
+    # newest delivery first; ties broken on every column, so the kept row never depends on the
+    # order Spark reads the files in
+    latest_first = group.orderBy(
+        F.desc_nulls_last("delivered_at"),
+        F.desc_nulls_last("batch_id"),
+        *[F.asc_nulls_last(c) for c in ORDER_COLUMNS[1:]],
+        F.asc_nulls_last("parse_errors"),
+    )
+    signature = F.concat_ws("\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in ORDER_COLUMNS])
+    errors = F.array_join(F.array_sort(F.collect_set(F.nullif("parse_errors", F.lit(""))).over(group)), ",")
     return (
-        typed.withColumn("_rank", F.row_number().over(latest_first))
-        .withColumn("deliveries", F.count(F.lit(1)).over(Window.partitionBy("day", order_key)))
+        typed.withColumn("_signature", signature)
+        .withColumn("_rank", F.row_number().over(latest_first))
+        .withColumn("_kept", F.first("_signature").over(latest_first))
+        .withColumn("_copies", F.sum(F.when(F.col("_signature") == F.col("_kept"), 1).otherwise(0)).over(group) - 1)
+        .withColumn("_deliveries", F.count(F.lit(1)).over(group))
+        .withColumn("parse_errors", errors)
         .where("_rank = 1")
-        .drop("_rank")
+        .select(
+            *[c for c in typed.columns if c != "parse_errors"],
+            "parse_errors",
+            F.col("_copies").cast("long").alias("duplicates"),
+            (F.col("_deliveries") - 1 - F.col("_copies")).cast("long").alias("superseded"),
+        )
     )
 
 
@@ -82,12 +109,19 @@ def _unparsed(name: str, kind: str):
     return F.when((F.length(raw) > 0) & typed.isNull(), F.lit(name))
 
 
-STAGED_SCHEMA = REGIONAL_SCHEMA.append(pa.field("parse_errors", pa.string())).append(pa.field("deliveries", pa.int64()))
+STAGED_SCHEMA = pa.schema(
+    [
+        *REGIONAL_SCHEMA,
+        pa.field("parse_errors", pa.string()),
+        pa.field("duplicates", pa.int64()),
+        pa.field("superseded", pa.int64()),
+    ]
+)
 
 
 def regional_orders_table(spark: SparkSession, files: list[str]) -> pa.Table:
     """The deduplicated orders as Arrow, staged for the gates: with `parse_errors` (which fields of
-    a row did not parse) and `deliveries` (how many times the order was delivered that day)."""
+    which delivery did not parse), `duplicates` and `superseded` per kept order."""
     return regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
 
 

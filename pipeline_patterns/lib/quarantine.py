@@ -39,6 +39,7 @@ class RegionDay:
     outcomes: list[RuleOutcome]
     landed: int
     duplicates: int
+    superseded: int
 
     @property
     def failed_checks(self) -> list[str]:
@@ -54,8 +55,9 @@ class RegionDay:
 
     @property
     def accounted(self) -> bool:
-        """landed = processed + duplicates + quarantined."""
-        return self.landed == self.clean.num_rows + self.duplicates + self.quarantined.num_rows
+        """landed = processed + duplicates + superseded + quarantined: every landed row is kept,
+        a true copy of a kept row, an older version of a kept row, or in quarantine."""
+        return self.landed == self.clean.num_rows + self.duplicates + self.superseded + self.quarantined.num_rows
 
 
 def route(
@@ -68,10 +70,11 @@ def route(
     run_id: str,
     at: dt.datetime,
 ) -> RegionDay:
-    """Gate one region-day's deduplicated rows (`STAGED_SCHEMA`: with parse_errors and deliveries)
-    and send them down one branch. `landed` counts the day's records in the landed files."""
-    duplicates = (pc.sum(staged["deliveries"]).as_py() or 0) - staged.num_rows
-    rows = staged.drop_columns(["deliveries"])
+    """Gate one region-day's deduplicated rows (`STAGED_SCHEMA`) and send them down one branch.
+    `landed` counts the day's records in the landed files."""
+    duplicates = pc.sum(staged["duplicates"]).as_py() or 0
+    superseded = pc.sum(staged["superseded"]).as_py() or 0
+    rows = staged.drop_columns(["duplicates", "superseded"])
     gated = rows.append_column("landed_columns", pa.array([header_drift] * rows.num_rows, pa.string()))
     outcomes = evaluate_day(gated, dt.date.fromisoformat(day), settings)
     failures = blocking_failures(outcomes)
@@ -79,7 +82,7 @@ def route(
         clean, quarantined = rows.drop_columns(["parse_errors"]), QUARANTINE_SCHEMA.empty_table()
     else:
         clean, quarantined = REGIONAL_SCHEMA.empty_table(), _audited(rows, failures, run_id, at)
-    return RegionDay(day, clean.cast(REGIONAL_SCHEMA), quarantined, outcomes, landed, duplicates)
+    return RegionDay(day, clean.cast(REGIONAL_SCHEMA), quarantined, outcomes, landed, duplicates, superseded)
 
 
 def _audited(rows: pa.Table, failures: list[RuleOutcome], run_id: str, at: dt.datetime) -> pa.Table:

@@ -52,11 +52,18 @@ class Rule:
         bad_mask, details = self.check(orders, day, settings)
         failing = orders.filter(bad_mask) if bad_mask is not None else orders.slice(0, 0)
         passed = not details.pop("_failed", failing.num_rows > 0)
+        # the smallest ids, not the first Spark returned: the reason is part of the content
+        smallest = (
+            pc.select_k_unstable(failing, 5, [("order_id", "ascending")])
+            if failing.num_rows
+            else pa.array([], pa.uint64())
+        )
         return RuleOutcome(
             rule=self.name,
             passed=passed,
             failing_rows=failing.num_rows,
-            sample_keys=[str(k) for k in failing["order_id"].to_pylist()[:5]],
+            # the smallest ids, not the first Spark returned: the reason is part of the content
+            sample_keys=[str(k) for k in failing.take(smallest)["order_id"].to_pylist()],
             details=details,
         )
 

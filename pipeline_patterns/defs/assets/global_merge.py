@@ -16,6 +16,7 @@ returned. It then fails with a `Failure` naming the held days, which Dagster sho
 
 import datetime as dt
 import functools
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -27,6 +28,7 @@ from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_win
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.delta_writes import WriteResult
 from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, fx_day, global_orders_table, held_days, spooled
 from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, daily_revenue_table
 
@@ -62,6 +64,7 @@ DAYS_PER_CHUNK = 7
     backfill_policy=single_run,
     can_subset=True,
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    pool="fan_in",  # one writer of global_orders + daily_revenue at a time (dagster.yaml)
 )
 def global_orders_and_daily_revenue(
     context: dg.AssetExecutionContext,
@@ -94,6 +97,13 @@ def global_orders_and_daily_revenue(
             if not chunk_days:
                 continue
             regional = [only_days(lake.read(regional_key(r), chunk), chunk_days) for r in REGIONS]
+            for region, rows in zip(REGIONS, regional, strict=True):
+                gone = sorted(set(chunk_days) - set(rows["day"].to_pylist()))
+                if gone:  # rewritten by another run since readiness was decided: decide again
+                    raise dg.Failure(
+                        description=f"regional_orders/{region} lost its rows for {', '.join(gone)} while "
+                        f"global_orders {window} ran (another run rewrote them); re-run the window",
+                    )
             currencies = sorted({c for t in regional for c in t["currency"].to_pylist()})
             fx_days = sorted(
                 {dt.date.fromisoformat(d) for t in regional for d in pc.unique(fx_day(t["event_ts"])).to_pylist()}
@@ -110,32 +120,21 @@ def global_orders_and_daily_revenue(
             revenue_parts.append(daily_revenue_table(orders))
             yield orders
 
-    written = {}
     if GLOBAL_ORDERS in context.selected_asset_keys:
         with spooled(global_chunks(), GLOBAL_SCHEMA) as chunks:
-            written[GLOBAL_ORDERS] = lake.replace(GLOBAL_ORDERS, chunks, window, run_id)
+            written = lake.replace(GLOBAL_ORDERS, chunks, window, run_id)
+        # recorded at once: committed days must not show FAILED if the revenue write then fails
+        yield from day_materializations(lake, GLOBAL_ORDERS, written, window, ready, breaker_metadata(fx_breaker))
     else:
         revenue_parts = [
             daily_revenue_table(only_days(lake.read(GLOBAL_ORDERS, chunk), ready))
             for chunk in window.chunks(DAYS_PER_CHUNK)
+            if any(d.isoformat() in ready for d in chunk.days)
         ]
     if DAILY_REVENUE in context.selected_asset_keys:
         revenue = pa.concat_tables([DAILY_REVENUE_SCHEMA.empty_table(), *revenue_parts])  # a few rows a day
-        written[DAILY_REVENUE] = lake.replace(DAILY_REVENUE, revenue, window, run_id)
-
-    rows_by_day = {key: lake.day_counts(key, window) for key in written}
-    for day in ready:
-        for key, result in written.items():
-            yield dg.AssetMaterialization(
-                asset_key=key,
-                partition=day,
-                metadata={
-                    "dagster/row_count": rows_by_day[key].get(day, 0),
-                    "delta_version": result.version,
-                    "table_uri": dg.MetadataValue.path(result.table_uri),
-                    **(breaker_metadata(fx_breaker) if key == GLOBAL_ORDERS else {}),
-                },
-            )
+        written = lake.replace(DAILY_REVENUE, revenue, window, run_id)
+        yield from day_materializations(lake, DAILY_REVENUE, written, window, ready, {})
     if held:
         lines = [f"{day}: {'; '.join(reasons)}" for day, reasons in held.items()]
         for line in lines:
@@ -150,6 +149,31 @@ def global_orders_and_daily_revenue(
             ),
             metadata={"held_days": ", ".join(held), "days_processed": len(ready), "days_held": len(held)},
             allow_retries=False,
+        )
+
+
+def holds_days(step_failure: dg.DagsterEvent) -> bool:
+    """Whether a STEP_FAILURE event is this step holding days (the designed outcome) rather than
+    a crash: its Failure carries `held_days` metadata."""
+    failure = step_failure.step_failure_data.user_failure_data
+    return failure is not None and "held_days" in failure.metadata
+
+
+def day_materializations(
+    lake: Lake, key: dg.AssetKey, written: WriteResult, window: DayWindow, ready: list[str], extra: dict
+) -> Iterator[dg.AssetMaterialization]:
+    """One materialization per processed day, with that day's own row count."""
+    rows = lake.day_counts(key, window)
+    for day in ready:
+        yield dg.AssetMaterialization(
+            asset_key=key,
+            partition=day,
+            metadata={
+                "dagster/row_count": rows.get(day, 0),
+                "delta_version": written.version,
+                "table_uri": dg.MetadataValue.path(written.table_uri),
+                **extra,
+            },
         )
 
 

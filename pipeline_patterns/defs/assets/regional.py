@@ -71,6 +71,9 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         check_specs=gate_specs(clean_key),
         partitions_def=daily_partitions,
         backfill_policy=single_run,
+        # one writer of the region's two tables at a time (limit in dagster.yaml): the pair is
+        # two commits, and two runs interleaving them could leave a day in neither table
+        pool=f"regional_{region_key(region)}",
     )
     def regional_orders(
         context: dg.AssetExecutionContext,
@@ -108,7 +111,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             raise dg.Failure(
                 description=(
                     f"{clean_key.to_user_string()}: rows lost between landing and the tables on {', '.join(lost)} "
-                    "(landed != processed + duplicates + quarantined); nothing was written. See the "
+                    "(landed != processed + duplicates + superseded + quarantined); nothing was written. See the "
                     "rows_accounted check, then the landed files of those days."
                 ),
                 allow_retries=False,
@@ -155,6 +158,7 @@ def report_region_day(
             "branch": d.branch if d.branch == "processed" else f"quarantined: {', '.join(d.failed_checks)}",
             "rows_landed": d.landed,
             "duplicates_dropped": d.duplicates,
+            "superseded_dropped": d.superseded,
             "rows_quarantined": d.quarantined.num_rows,
         },
         asset_key=clean_key,
