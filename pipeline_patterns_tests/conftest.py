@@ -15,3 +15,9 @@ def spark() -> SparkSession:
     session = builder.getOrCreate()
     yield session
     session.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The server and CLI tests first: they mostly wait on other processes, so started first they
+    overlap the in-process tests on the other worker instead of running last, alone."""
+    items.sort(key=lambda item: item.get_closest_marker("subprocess") is None)

@@ -1,5 +1,6 @@
 """The code location's inventory and graph shape: an unintended change shows up as a diff here."""
 
+import shutil
 import subprocess
 import sys
 
@@ -131,3 +132,13 @@ def test_assets_that_call_a_dependency_declare_a_retry_policy():
     for key in (["raw_orders", "us_east"], ["global_orders"]):
         assets_def = next(a for a in defs.assets if dg.AssetKey(key) in a.keys)
         assert isinstance(assets_def.op.retry_policy, dg.RetryPolicy), key
+
+
+def test_the_instance_config_loads_with_its_run_limit_and_one_writer_per_pool(tmp_path):
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        config = instance.get_concurrency_config()
+    assert config.run_queue_config.max_concurrent_runs == 2
+    assert config.pool_config.default_pool_limit == 1
+    pools = {a.op.pool for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.op.pool}
+    assert pools == {f"regional_{r}" for r in REGIONAL} | {"fan_in"}

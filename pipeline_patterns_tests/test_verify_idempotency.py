@@ -5,7 +5,6 @@ writes the landing zone. And the CLI ends quietly when its reader closes the pip
 import datetime as dt
 import hashlib
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import dagster as dg
 import pytest
 from deltalake import DeltaTable
 
+from pipeline_patterns import cli
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib.day_window import DayWindow
@@ -122,23 +122,22 @@ def test_verify_refuses_to_replay_into_live_storage(live):
         verify_range(live, *CLEAN_DAYS, resources=pipeline_resources(live))
 
 
-@pytest.mark.subprocess
-def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0_when_identical(live):
+def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0_when_identical(
+    live, monkeypatch, capsys
+):
     """The command's default resources, sized by TEST_ENV as the live run's were; over the whole
-    range, the quarantined day included."""
+    range, the quarantined day included. Called in process: the command's own code, without a
+    second interpreter and JVM to start."""
     landing_before = landing_fingerprint(live)
     first, last = QUARANTINED_DAY.isoformat(), CLEAN_DAYS[-1].isoformat()
+    for name, value in {**TEST_ENV, "PIPELINE_PATTERNS_DATA_DIR": str(live)}.items():
+        monkeypatch.setenv(name, value)
 
-    verified = subprocess.run(
-        [CLI, "verify-idempotency", "--start", first, "--end", last],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **TEST_ENV, "PIPELINE_PATTERNS_DATA_DIR": str(live)},
-        capture_output=True,
-        text=True,
-    )
+    code = cli.main(["verify-idempotency", "--start", first, "--end", last])
 
-    assert verified.returncode == 0, verified.stdout + verified.stderr[-3000:]
-    lines = [json.loads(line) for line in verified.stdout.splitlines()]
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = [json.loads(line) for line in out.splitlines()]
     assert lines[-1] == {"range": f"{first}...{last}", "identical": True}
     tables = {line["table"]: line for line in lines[:-1]}
     assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
