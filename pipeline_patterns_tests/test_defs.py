@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from pipeline_patterns.definitions import defs
 from pipeline_patterns.defs.partitions import REGIONS, region_key
@@ -70,6 +71,7 @@ def test_one_run_shares_one_process_and_spark_session():
     assert defs.resolve_job_def("__ASSET_JOB").executor_def == dg.in_process_executor
 
 
+@pytest.mark.subprocess
 def test_the_code_location_loads_without_warnings():
     loaded = subprocess.run(
         [

@@ -153,6 +153,7 @@ def test_a_non_retryable_error_fails_at_once_without_retries(spark, tmp_path):
     assert CircuitBreaker("orders_source", str(tmp_path / "breakers.sqlite")).status().consecutive_failures == 0
 
 
+@pytest.mark.subprocess
 def test_the_breaker_command_shows_and_resets_a_shared_breaker(tmp_path):
     store = str(tmp_path / "breakers.sqlite")
     breaker = CircuitBreaker("orders_source", store, failure_threshold=1, recovery_timeout=600)
