@@ -1,6 +1,7 @@
 """The landing zone is immutable and switches extractions atomically."""
 
 import datetime as dt
+import pathlib
 
 import pytest
 
@@ -16,12 +17,12 @@ def test_a_reader_sees_the_latest_complete_extraction_only(tmp_path):
     orphan.mkdir()
     (orphan / "b00.csv").write_bytes(b"a\n2\n")
     files = landing.landed_files(tmp_path, "us-east", [DAY])
-    assert [f.split("/")[-2:] for f in files] == [["run-1", "b00.csv"]]
+    assert [f.split("/")[-2:] for f in files] == [["run-1", "0000-b00.csv"]]
     landing.land(tmp_path, "us-east", DAY, "run-3", {"b00.csv": b"a\n3\n", "b01.csv": b"a\n4\n"})
     files = landing.landed_files(tmp_path, "us-east", [DAY])
     assert [f.split("/")[-2] for f in files] == ["run-3", "run-3"]
     # files once landed are never modified
-    assert (landing.region_day_dir(tmp_path, "us-east", DAY) / "run-1" / "b00.csv").read_bytes() == b"a\n1\n"
+    assert (landing.region_day_dir(tmp_path, "us-east", DAY) / "run-1" / "0000-b00.csv").read_bytes() == b"a\n1\n"
 
 
 def test_missing_days_are_named_in_the_error(tmp_path):
@@ -29,3 +30,41 @@ def test_missing_days_are_named_in_the_error(tmp_path):
     with pytest.raises(landing.MissingLandingDataError, match="eu-west on 2024-01-03, 2024-01-04") as error:
         landing.landed_files(tmp_path, "eu-west", [DAY, DAY + dt.timedelta(1), DAY + dt.timedelta(2)])
     assert "raw_orders/eu_west" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["../../escape.csv", "_hidden.csv", ".dot.csv", "*.csv", "[x].csv", "a:b.csv", ""])
+def test_the_landing_zone_names_the_files_so_no_delivered_name_escapes_hides_or_globs(tmp_path, name):
+    manifest = landing.land(tmp_path, "us-east", DAY, "run-1", {name: b"a\n1\n", "b00.csv": b"a\n2\n"})
+    run_dir = landing.region_day_dir(tmp_path, "us-east", DAY) / "run-1"
+    for file in manifest.files:
+        path = pathlib.Path(file)
+        assert path.parent == run_dir and path.is_file()
+        assert path.name[0].isalnum() and not set(path.name) & set("*?[]{}:\\/")
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(pathlib.Path(f).name for f in manifest.files)
+    assert not (tmp_path / "escape.csv").exists() and not (tmp_path.parent / "escape.csv").exists()
+
+
+def test_a_symlink_in_the_landing_zone_is_refused_without_reading_it(tmp_path):
+    manifest = landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": b"a\n1\n"})
+    secret = tmp_path.parent / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    landed = pathlib.Path(manifest.files[0])
+    landed.unlink()
+    landed.symlink_to(secret)
+    with pytest.raises(landing.MissingLandingDataError, match="is a link or lies outside the landing zone") as error:
+        landing.landed_files(tmp_path, "us-east", [DAY])
+    assert (
+        "root:x" not in str(error.value)
+        and "re-materialize raw_orders/us_east for 2024-01-02" in str(error.value).lower()
+    )
+
+
+def test_a_corrupt_manifest_fails_naming_its_path_region_day_and_remedy(tmp_path):
+    landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": b"a\n1\n"})
+    manifest = landing.region_day_dir(tmp_path, "us-east", DAY) / landing.MANIFEST
+    manifest.write_text('{"region": "us-east", "files": [')
+    with pytest.raises(landing.MissingLandingDataError) as error:
+        landing.landed_files(tmp_path, "us-east", [DAY])
+    message = str(error.value)
+    assert str(manifest) in message and "us-east on 2024-01-02" in message
+    assert "re-materialize raw_orders/us_east for 2024-01-02" in message

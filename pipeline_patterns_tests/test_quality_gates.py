@@ -63,6 +63,8 @@ FAILING = {
     "user_id_not_null": orders(user_id=[None, "u2", "u3"]),
     "order_id_unique": orders(order_id=["o1", "o1", "o3"]),
     "volume_within_bounds": orders().slice(0, 1),
+    "required_fields_present": orders(amount=[10.0, None, 1.0]),
+    "amount_plausible": orders(amount=[10.0, float("nan"), 1e17]),
     "amount_non_negative": orders(amount=[10.0, -5.0, 1.0]),
     "currency_known": orders(currency=["USD", "XYZ", "USD"]),
     "event_time_not_in_future": orders(event_ts=[dt.datetime(2024, 1, 5, tzinfo=dt.UTC)] * 3),
@@ -166,12 +168,15 @@ def test_a_quarantined_day_moves_to_the_clean_table_once_its_source_is_fixed(spa
 GOOD = "o{i},u{i},us-east,12.50,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z"
 BAD_INPUTS = {
     "an empty file beside good ones": ("", set()),
-    "malformed line": ("o9,u9,us-east,1.00\n", {"values_parse", "currency_known"}),
+    "malformed line": ("o9,u9,us-east,1.00\n", {"values_parse", "currency_known", "required_fields_present"}),
     "unparseable amount": (
         "o9,u9,us-east,twelve,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
-        {"values_parse"},
+        {"values_parse", "required_fields_present"},
     ),
-    "unparseable timestamp": ("o9,u9,us-east,1.00,USD,yesterday,b00,2024-01-02T12:00:00Z\n", {"values_parse"}),
+    "unparseable timestamp": (
+        "o9,u9,us-east,1.00,USD,yesterday,b00,2024-01-02T12:00:00Z\n",
+        {"values_parse", "required_fields_present"},
+    ),
     "unknown currency": ("o9,u9,us-east,1.00,XYZ,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n", {"currency_known"}),
     "negative amount": (
         "o9,u9,us-east,-1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
@@ -180,6 +185,27 @@ BAD_INPUTS = {
     "future timestamp": (
         "o9,u9,us-east,1.00,USD,2030-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
         {"event_time_not_in_future"},
+    ),
+    "a cut-off timestamp": (
+        "o9,u9,us-east,1.00,USD,2024-01-02T1,b00,2024-01-02T12:00:00Z\n",
+        {"values_parse", "required_fields_present"},
+    ),
+    "a date without a time": (
+        "o9,u9,us-east,1.00,USD,2024-01-02,b00,2024-01-02T12:00:00Z\n",
+        {"values_parse", "required_fields_present"},
+    ),
+    "an empty amount": (
+        "o9,u9,us-east,,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"required_fields_present"},
+    ),
+    "a NaN amount": ("o9,u9,us-east,NaN,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n", {"amount_plausible"}),
+    "an infinite amount": (
+        "o9,u9,us-east,inf,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"amount_plausible"},
+    ),
+    "an absurd amount": (
+        "o9,u9,us-east,1e17,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"amount_plausible"},
     ),
 }
 
@@ -327,3 +353,14 @@ def test_a_missing_landing_file_fails_with_an_error_naming_file_and_day(spark, t
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)
     assert "b00.csv" in message and "us-east on 2024-01-02 is missing" in message
+
+
+@pytest.mark.spark
+def test_files_with_hidden_glob_or_odd_names_are_all_read(spark, tmp_path):
+    names = ["_b01.csv", ".b02.csv", "*.csv", "[b03].csv", "b:04.csv"]
+    files = {name: f"{HEADER}\n{GOOD.format(i=i)}\n".encode() for i, name in enumerate(names)}
+    landing.land(tmp_path / "landing", "us-east", DAY, "odd-names", files)
+    result = _materialize_small(tmp_path)
+    assert result.success
+    clean = read_table(str(tmp_path / "lake" / "regional_orders" / "us_east"))
+    assert sorted(clean["order_id"].to_pylist()) == [f"o{i}" for i in range(len(names))]  # none skipped, none twice

@@ -35,6 +35,9 @@ class QualityGates(dg.ConfigurableResource):
         default=_DEFAULTS.future_tolerance_minutes,
         description="Quarantine events later than the end of their feed day by more than this.",
     )
+    max_amount: float = Field(
+        default=_DEFAULTS.max_amount, description="Quarantine a region-day with an amount above this (or not finite)."
+    )
 
     def settings(self, known_currencies: list[str]) -> GateSettings:
         return GateSettings(**self.model_dump(), known_currencies=tuple(sorted(known_currencies)))

@@ -69,7 +69,7 @@ def held_days(
     quarantine_reasons: dict[str, dict[str, str]],
 ) -> dict[str, list[str]]:
     """The days of a window the fan-in must hold, each with why: every region-day without clean
-    rows, as 'region: quarantined (checks)' or 'region: no clean data (not processed yet)'.
+    rows, as 'region: quarantined (checks)' or 'region: no clean data (not processed yet, or delivered empty)'.
 
     `clean_rows[region][day]` counts the clean rows, `quarantine_reasons[region][day]` names the
     failed checks of a quarantined region-day. A day is ready when every region has clean rows.
@@ -79,7 +79,7 @@ def held_days(
         reasons = [
             f"{region}: quarantined ({quarantine_reasons[region][day]})"
             if day in quarantine_reasons.get(region, {})
-            else f"{region}: no clean data (not processed yet)"
+            else f"{region}: no clean data (not processed yet, or delivered empty)"
             for region in regions
             # quarantine rows hold the day even beside clean rows (a regional run that died
             # between its two commits): re-running the region-day settles it

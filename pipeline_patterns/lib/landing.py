@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 
 MANIFEST = "_manifest.json"
@@ -36,17 +37,22 @@ def region_day_dir(root: Path, region: str, day: dt.date) -> Path:
 
 
 def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> Manifest:
-    """Write one extraction's files, then publish them atomically through the manifest."""
+    """Write one extraction's files, then publish them atomically through the manifest.
+
+    The landing zone names the files, not the source: each is stored as `NNNN-<name>` with every
+    character outside [A-Za-z0-9._-] replaced, so a delivered name can neither leave the folder
+    (`../x`), be skipped by Spark (`_x`, `.x`) nor be read as a pattern (`*`, `[`, `:`)."""
     target = region_day_dir(root, region, day)
     run_dir = target / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    stored = {name: f"{i:04d}-{safe_name(name)}" for i, name in enumerate(sorted(files))}
     for name, payload in files.items():
-        (run_dir / name).write_bytes(payload)
+        (run_dir / stored[name]).write_bytes(payload)
     manifest = Manifest(
         region=region,
         day=day.isoformat(),
         run_id=run_id,
-        files=[str(run_dir / name) for name in sorted(files)],
+        files=[str(run_dir / stored[name]) for name in sorted(files)],
         bytes=sum(len(p) for p in files.values()),
         landed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
@@ -54,6 +60,15 @@ def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, by
     tmp.write_text(json.dumps(dataclasses.asdict(manifest), indent=1))
     os.replace(tmp, target / MANIFEST)  # atomic: readers see the old or the new extraction
     return manifest
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-") or "file"
+
+
+def delivered_name(file: str) -> str:
+    """The name a landed file had at the source, as far as it was safe to keep."""
+    return Path(file).name.split("-", 1)[1]
 
 
 def day_of(file: str) -> str:
@@ -65,7 +80,13 @@ def read_manifest(root: Path, region: str, day: dt.date) -> Manifest | None:
     path = region_day_dir(root, region, day) / MANIFEST
     if not path.exists():
         return None
-    return Manifest(**json.loads(path.read_text()))
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+        raise MissingLandingDataError(
+            f"the landing manifest {path} of region {region} on {day} is corrupt ({type(error).__name__}); "
+            f"re-materialize raw_orders/{region.replace('-', '_')} for {day} to land the day again"
+        ) from None
 
 
 class MissingLandingDataError(FileNotFoundError):
@@ -81,6 +102,12 @@ def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
         if manifest is None:
             missing.append(day.isoformat())
             continue
+        outside = [f for f in manifest.files if os.path.islink(f) or not _inside(root, f)]
+        if outside:
+            raise MissingLandingDataError(
+                f"landed file {outside[0]} of region {region} on {day} is a link or lies outside the landing "
+                f"zone {root}: refused. Re-materialize raw_orders/{region.replace('-', '_')} for {day}"
+            )
         lost = [f for f in manifest.files if not os.path.exists(f)]
         if lost:
             raise MissingLandingDataError(
@@ -95,6 +122,10 @@ def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
             f"materialize raw_orders/{region.replace('-', '_')} for those days first"
         )
     return files
+
+
+def _inside(root: Path, file: str) -> bool:
+    return Path(file).resolve().is_relative_to(root.resolve())
 
 
 def record_count(files: list[str]) -> int:

@@ -57,9 +57,9 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
         F.trim("region").alias("region"),
         F.expr("try_cast(trim(amount) AS DOUBLE)").alias("amount"),
         F.upper(F.trim("currency")).alias("currency"),
-        F.try_to_timestamp(F.trim("event_ts")).alias("event_ts"),
+        _timestamp("event_ts").alias("event_ts"),
         F.trim("batch_id").alias("batch_id"),
-        F.try_to_timestamp(F.trim("delivered_at")).alias("delivered_at"),
+        _timestamp("delivered_at").alias("delivered_at"),
         F.regexp_extract(F.col("_metadata.file_path"), landing.DAY_IN_PATH, 1).alias("day"),
         F.concat_ws(
             ",",
@@ -102,10 +102,20 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
     )
 
 
+# A whole ISO 8601 instant: Spark alone reads a cut-off '2024-01-02T1' as 01:00 and a bare date as
+# midnight, silently; anything short of date AND time is a parse error here.
+ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
+
+
+def _timestamp(name: str):
+    raw = F.trim(F.col(name))
+    return F.when(raw.rlike(ISO_INSTANT), F.try_to_timestamp(raw))
+
+
 def _unparsed(name: str, kind: str):
     """The field's name where a non-empty value did not parse, else null."""
     raw = F.trim(F.col(name))
-    typed = F.expr(f"try_cast(trim({name}) AS DOUBLE)") if kind == "double" else F.try_to_timestamp(raw)
+    typed = F.expr(f"try_cast(trim({name}) AS DOUBLE)") if kind == "double" else _timestamp(name)
     return F.when((F.length(raw) > 0) & typed.isNull(), F.lit(name))
 
 

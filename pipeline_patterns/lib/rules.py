@@ -24,6 +24,7 @@ class GateSettings:
     max_orders_per_day: int = 100_000
     freshness_lag_hours: float = 6.0
     future_tolerance_minutes: float = 5.0
+    max_amount: float = 1_000_000.0
     known_currencies: tuple[str, ...] = ()
     """The currencies the FX service has rates for (the gate asks the service, not the feed)."""
 
@@ -96,6 +97,22 @@ def _values_parse(orders, day, settings):
     return pc.greater(pc.utf8_length(pc.fill_null(orders["parse_errors"], "")), 0), {}
 
 
+REQUIRED = ["region", "amount", "currency", "event_ts", "delivered_at"]
+
+
+def _required_present(orders, day, settings):
+    missing = pc.is_null(orders[REQUIRED[0]])
+    for column in REQUIRED[1:]:
+        missing = pc.or_(missing, pc.is_null(orders[column]))
+    return missing, {"columns": ", ".join(REQUIRED)}
+
+
+def _amount_plausible(orders, day, settings):
+    amount = orders["amount"]
+    implausible = pc.or_(pc.invert(pc.is_finite(amount)), pc.greater(pc.abs(amount), settings.max_amount))
+    return pc.fill_null(implausible, False), {"max_amount": settings.max_amount}
+
+
 def _amount_non_negative(orders, day, settings):
     return pc.fill_null(pc.less(orders["amount"], 0), False), {}
 
@@ -152,6 +169,13 @@ RULES: list[Rule] = [
     Rule("user_id_not_null", "Every order has a user_id.", True, _not_null("user_id")),
     Rule("order_id_unique", "One row per order and day after deduplication.", True, _unique_order_id),
     Rule("volume_within_bounds", "The day's order count is within the configured bounds.", True, _volume),
+    Rule(
+        "required_fields_present",
+        "Every order has a region, amount, currency, event time and delivery time.",
+        True,
+        _required_present,
+    ),
+    Rule("amount_plausible", "Every amount is a finite number no larger than max_amount.", True, _amount_plausible),
     Rule("amount_non_negative", "No negative amounts.", True, _amount_non_negative),
     Rule("currency_known", "Every currency has an FX rate.", True, _currency_known),
     Rule("event_time_not_in_future", "No event time after the end of its feed day.", True, _not_in_future),

@@ -178,7 +178,7 @@ def report_region_day(
 def header_drift(files: list[str]) -> str | None:
     """The landed files of a day whose header is not the expected one: schema drift at the source."""
     drifted = [
-        f"{file.split('/')[-1]}: {', '.join(columns)}"
+        f"{landing_files.delivered_name(file)}: {', '.join(columns)}"
         for file in files
         if (columns := landing_files.header(file)) and columns != list(RECORD_FIELDS)
     ]
