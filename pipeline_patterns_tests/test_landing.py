@@ -2,6 +2,7 @@
 
 import datetime as dt
 import pathlib
+import shutil
 
 import pytest
 
@@ -36,11 +37,11 @@ def test_missing_days_are_named_in_the_error(tmp_path):
 def test_the_landing_zone_names_the_files_so_no_delivered_name_escapes_hides_or_globs(tmp_path, name):
     manifest = landing.land(tmp_path, "us-east", DAY, "run-1", {name: b"a\n1\n", "b00.csv": b"a\n2\n"})
     run_dir = landing.region_day_dir(tmp_path, "us-east", DAY) / "run-1"
-    for file in manifest.files:
+    for file in manifest.paths(tmp_path):
         path = pathlib.Path(file)
         assert path.parent == run_dir and path.is_file()
         assert path.name[0].isalnum() and not set(path.name) & set("*?[]{}:\\/")
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(pathlib.Path(f).name for f in manifest.files)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(pathlib.Path(f).name for f in manifest.paths(tmp_path))
     assert not (tmp_path / "escape.csv").exists() and not (tmp_path.parent / "escape.csv").exists()
 
 
@@ -48,7 +49,7 @@ def test_a_symlink_in_the_landing_zone_is_refused_without_reading_it(tmp_path):
     manifest = landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": b"a\n1\n"})
     secret = tmp_path.parent / "secret.txt"
     secret.write_text("root:x:0:0\n")
-    landed = pathlib.Path(manifest.files[0])
+    landed = pathlib.Path(manifest.paths(tmp_path)[0])
     landed.unlink()
     landed.symlink_to(secret)
     with pytest.raises(landing.MissingLandingDataError, match="is a link or lies outside the landing zone") as error:
@@ -68,3 +69,10 @@ def test_a_corrupt_manifest_fails_naming_its_path_region_day_and_remedy(tmp_path
     message = str(error.value)
     assert str(manifest) in message and "us-east on 2024-01-02" in message
     assert "re-materialize raw_orders/us_east for 2024-01-02" in message
+
+
+def test_a_copied_data_dir_reads_its_own_landed_files(tmp_path):
+    landing.land(tmp_path / "a", "us-east", DAY, "run-1", {"b00.csv": b"a\n1\n"})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    files = landing.landed_files(tmp_path / "b", "us-east", [DAY])
+    assert [pathlib.Path(f).is_relative_to(tmp_path / "b") for f in files] == [True]

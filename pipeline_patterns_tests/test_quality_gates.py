@@ -348,7 +348,7 @@ def test_a_missing_landing_file_fails_with_an_error_naming_file_and_day(spark, t
     manifest = landing.land(
         tmp_path / "landing", "us-east", DAY, "lost", {"b00.csv": f"{HEADER}\n{GOOD.format(i=1)}\n".encode()}
     )
-    pathlib.Path(manifest.files[0]).unlink()
+    pathlib.Path(manifest.paths(tmp_path / "landing")[0]).unlink()
     result = _materialize_small(tmp_path)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)

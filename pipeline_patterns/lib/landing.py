@@ -28,8 +28,13 @@ class Manifest:
     day: str
     run_id: str
     files: list[str]
+    """Relative to the region-day's folder (`<run id>/<file>`): a data dir can be moved or copied."""
     bytes: int
     landed_at: str
+
+    def paths(self, root: Path) -> list[str]:
+        folder = region_day_dir(root, self.region, dt.date.fromisoformat(self.day))
+        return [str(folder / file) for file in self.files]
 
 
 def region_day_dir(root: Path, region: str, day: dt.date) -> Path:
@@ -52,7 +57,7 @@ def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, by
         region=region,
         day=day.isoformat(),
         run_id=run_id,
-        files=[str(run_dir / stored[name]) for name in sorted(files)],
+        files=[f"{run_id}/{stored[name]}" for name in sorted(files)],
         bytes=sum(len(p) for p in files.values()),
         landed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
@@ -102,20 +107,21 @@ def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
         if manifest is None:
             missing.append(day.isoformat())
             continue
-        outside = [f for f in manifest.files if os.path.islink(f) or not _inside(root, f)]
+        paths = manifest.paths(root)
+        outside = [f for f in paths if os.path.islink(f) or not _inside(root, f)]
         if outside:
             raise MissingLandingDataError(
                 f"landed file {outside[0]} of region {region} on {day} is a link or lies outside the landing "
                 f"zone {root}: refused. Re-materialize raw_orders/{region.replace('-', '_')} for {day}"
             )
-        lost = [f for f in manifest.files if not os.path.exists(f)]
+        lost = [f for f in paths if not os.path.exists(f)]
         if lost:
             raise MissingLandingDataError(
                 f"landed file {lost[0]} of region {region} on {day} is missing (manifest "
                 f"{region_day_dir(root, region, day) / MANIFEST}): re-materialize raw_orders/"
                 f"{region.replace('-', '_')} for {day}"
             )
-        files.extend(manifest.files)
+        files.extend(paths)
     if missing:
         raise MissingLandingDataError(
             f"no landed data for region {region} on {', '.join(missing)} under {root}: "
