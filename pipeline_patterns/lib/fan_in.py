@@ -32,7 +32,11 @@ def orders_in_usd(orders: pa.Table, rates: pa.Table) -> pa.Table:
     missing = pc.is_null(joined["usd_rate"])
     if pc.any(missing).as_py():
         gaps = joined.filter(missing).select(["currency", "fx_day"]).group_by(["currency", "fx_day"]).aggregate([])
-        raise ValueError(f"no FX rate for {gaps.to_pylist()[:5]}")
+        raise ValueError(
+            f"global_orders: the FX service returned no rate for {gaps.to_pylist()[:5]} "
+            "(currency and event day); the currency_known gate should have quarantined an unknown "
+            "currency, so check the FX service's answer for those days"
+        )
     amount_usd = pc.round(pc.multiply(joined["amount"], joined["usd_rate"]), 2)
     result = joined.append_column("amount_usd", amount_usd).drop_columns(["fx_day"])
     return result.sort_by([("day", "ascending"), ("order_id", "ascending")])
