@@ -11,6 +11,8 @@ DATA_DIR_VAR = "PIPELINE_PATTERNS_DATA_DIR"
 SPARK_MASTER_VAR = "PIPELINE_PATTERNS_SPARK_MASTER"
 SPARK_DRIVER_MEMORY_VAR = "PIPELINE_PATTERNS_SPARK_DRIVER_MEMORY"
 FEED_VOLUME_VAR = "PIPELINE_PATTERNS_FEED_VOLUME"
+ALERT_WEBHOOK_VAR = "PIPELINE_PATTERNS_ALERT_WEBHOOK_URL"
+SLACK_TOKEN_VAR = "SLACK_BOT_TOKEN"
 
 
 def data_dir() -> Path:
@@ -36,3 +38,13 @@ def feed_volume() -> int | None:
     if not value.isdigit() or int(value) < 10:
         raise ValueError(f"{FEED_VOLUME_VAR}={value!r}: expected a whole number of orders per region-day, at least 10")
     return int(value)
+
+
+def alert_webhook_url() -> str:
+    """Where alerts are POSTed as JSON besides the JSON-lines file: $PIPELINE_PATTERNS_ALERT_WEBHOOK_URL."""
+    return os.environ.get(ALERT_WEBHOOK_VAR, "")
+
+
+def slack_configured() -> bool:
+    """Whether $SLACK_BOT_TOKEN is set; the token itself reaches the notifier as a dg.EnvVar."""
+    return bool(os.environ.get(SLACK_TOKEN_VAR))

@@ -45,7 +45,11 @@ def build_resources(data_dir: Path) -> dict[str, object]:
         "quality_gates": QualityGates(**gates),
         "orders_source": OrdersSource(corrections_file=str(data_dir / "source_corrections.json"), **sized),
         "fx_rates": FxRates(),
-        "notifier": Notifier(path=str(data_dir / "notifications.jsonl")),
+        "notifier": Notifier(
+            path=str(data_dir / "notifications.jsonl"),
+            webhook_url=environment.alert_webhook_url(),
+            slack_token=dg.EnvVar(environment.SLACK_TOKEN_VAR) if environment.slack_configured() else "",
+        ),
         "source_breaker": Breaker(name="orders_source", store=str(data_dir / "breakers.sqlite")),
         "fx_breaker": Breaker(name="fx_rates", store=str(data_dir / "breakers.sqlite")),
         "source_retries": RetrySettings(),
