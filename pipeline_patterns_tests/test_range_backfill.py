@@ -80,7 +80,13 @@ def test_the_quarantine_holds_exactly_the_bad_region_days_rows(backfill):
         for day in bad_days:
             rows = quarantined.filter(pc.equal(quarantined["day"], day))
             assert rows.num_rows == expected_orders(region, dt.date.fromisoformat(day), SETTINGS).num_rows
-            assert set(rows["reason"].to_pylist()) and all(rows["failed_checks"].to_pylist())
+            defects = region_day_defects(region, dt.date.fromisoformat(day), SETTINGS)
+            if defects.null_user_ids:  # the reason says how much of the day failed, and that all of it went
+                assert set(rows["reason"].to_pylist()) == {
+                    f"user_id_not_null: {defects.null_user_ids} of {rows.num_rows} rows (e.g. "
+                    + ", ".join(sorted(rows.filter(pc.is_null(rows["user_id"]))["order_id"].to_pylist())[:3])
+                    + "); the whole day quarantined"
+                }
 
 
 def test_every_region_day_accounts_for_every_landed_row(backfill):
@@ -138,3 +144,25 @@ def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(s
     assert sorted(set(orders["day"].to_pylist())) == HELD
     for region in REGIONS:
         assert table(tmp_path, f"quarantined_orders/{region_key(region)}").num_rows == 0
+
+
+def test_every_check_has_a_verdict_for_every_day_of_the_range(backfill):
+    _, instance, result = backfill
+    for region in REGIONS:
+        key = dg.AssetKey(["regional_orders", region_key(region)])
+        for check in ("user_id_not_null", "rows_accounted", "volume_within_bounds"):
+            records = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(key, check), limit=50
+            )
+            by_day = {r.partition: r.status.value for r in records if r.run_id == result.run_id and r.partition}
+            bad_days = {d for r, d in BAD if r == region}
+            expected = {
+                d: "FAILED" if check != "rows_accounted" and d in bad_days and _fails(check, region, d) else "SUCCEEDED"
+                for d in DAYS
+            }
+            assert by_day == expected, (region, check)
+
+
+def _fails(check: str, region: str, day: str) -> bool:
+    defects = set(region_day_defects(region, dt.date.fromisoformat(day), SETTINGS).defects)
+    return {"user_id_not_null": "null_user_ids", "volume_within_bounds": "collapsed_volume"}[check] in defects

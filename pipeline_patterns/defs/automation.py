@@ -117,7 +117,8 @@ def aggregates_follow_days(context: dg.SensorEvaluationContext) -> dg.SensorResu
         run_requests=requests,
         skip_reason=None
         if requests
-        else "aggregates up to date" + (f"; incomplete: {'; '.join(skipped)}" if skipped else ""),
+        else "nothing to request: every published aggregate includes its newest days"
+        + (f"; not published (incomplete): {'; '.join(skipped)}" if skipped else ""),
     )
 
 

@@ -108,3 +108,38 @@ def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
             "rows_quarantined": sum(d.quarantined.num_rows for d in region_days),
         },
     )
+
+
+def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.AssetCheckEvaluation]:
+    """Every check's verdict on ONE day of a range run. Dagster plans a check per partition of a
+    range, but an `AssetCheckResult` carries no partition (1.13), so without these the per-day
+    planned checks would stay "in progress", or turn "execution failed" when the run fails."""
+    blocking = {rule.name: rule.blocking for rule in RULES}
+    evaluations = [
+        dg.AssetCheckEvaluation(
+            asset_key=asset_key,
+            check_name=outcome.rule,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR if blocking[outcome.rule] else dg.AssetCheckSeverity.WARN,
+            metadata={"failing_rows": outcome.failing_rows, "sample_keys": ", ".join(outcome.sample_keys) or "none"},
+            partition=region_day.day,
+        )
+        for outcome in region_day.outcomes
+    ]
+    evaluations.append(
+        dg.AssetCheckEvaluation(
+            asset_key=asset_key,
+            check_name=ROWS_ACCOUNTED,
+            passed=region_day.accounted,
+            blocking=True,
+            metadata={
+                "rows_landed": region_day.landed,
+                "rows_processed": region_day.clean.num_rows,
+                "duplicates_dropped": region_day.duplicates,
+                "superseded_dropped": region_day.superseded,
+                "rows_quarantined": region_day.quarantined.num_rows,
+            },
+            partition=region_day.day,
+        )
+    )
+    return evaluations

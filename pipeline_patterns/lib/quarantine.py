@@ -51,7 +51,7 @@ class RegionDay:
 
     @property
     def reason(self) -> str:
-        return _reason(blocking_failures(self.outcomes))
+        return _reason(blocking_failures(self.outcomes), self.clean.num_rows + self.quarantined.num_rows)
 
     @property
     def accounted(self) -> bool:
@@ -87,7 +87,7 @@ def route(
 
 def _audited(rows: pa.Table, failures: list[RuleOutcome], run_id: str, at: dt.datetime) -> pa.Table:
     n = rows.num_rows
-    reason = _reason(failures)
+    reason = _reason(failures, n)
     audit = {
         "failed_checks": pa.array([",".join(f.rule for f in failures)] * n, pa.string()),
         "reason": pa.array([reason] * n, pa.string()),
@@ -99,5 +99,12 @@ def _audited(rows: pa.Table, failures: list[RuleOutcome], run_id: str, at: dt.da
     return rows.cast(QUARANTINE_SCHEMA)
 
 
-def _reason(failures: list[RuleOutcome]) -> str:
-    return "; ".join(f"{f.rule}: {f.failing_rows or f.details} (e.g. {f.sample_keys[:3]})" for f in failures)
+def _reason(failures: list[RuleOutcome], rows: int) -> str:
+    """Why a region-day was quarantined: per failed rule, how many of its rows failed (the whole
+    day is quarantined all the same) with sample ids, or the rule's details for day-level rules."""
+    return "; ".join(
+        f"{f.rule}: {f.failing_rows} of {rows} rows (e.g. {', '.join(f.sample_keys[:3])}); the whole day quarantined"
+        if f.failing_rows
+        else f"{f.rule}: {f.details}"
+        for f in failures
+    )

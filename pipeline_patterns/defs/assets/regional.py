@@ -20,7 +20,7 @@ import dagster as dg
 import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
-from pipeline_patterns.defs.checks import QualityGates, accounting_result, gate_results, gate_specs
+from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
@@ -105,6 +105,10 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             for day in window.days
         ]
         checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
+        if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
+            for d in region_days:
+                for evaluation in day_evaluations(clean_key, d):
+                    context.log_event(evaluation)
         lost = [d.day for d in region_days if not d.accounted]
         if lost:
             yield from checks
