@@ -339,8 +339,14 @@ def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp
         assert per_day[("regional_orders", day)]["branch"].value == "processed"
         assert per_day[("regional_orders", day)]["dagster/row_count"].value == TEST_ORDERS_PER_DAY
         assert per_day[("quarantined_orders", day)]["dagster/row_count"].value == 0
-    gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "user_id_not_null")
+    evaluations = [e for e in result.get_asset_check_evaluations() if e.check_name == "user_id_not_null"]
+    gate = next(e for e in evaluations if e.partition is None)  # the range's summary
     assert not gate.passed and gate.metadata["failing_days"].value == "2024-01-05"
+    assert {e.partition: e.passed for e in evaluations if e.partition} == {  # and each day's own verdict
+        "2024-01-04": True,
+        "2024-01-05": False,
+        "2024-01-06": True,
+    }
 
 
 @pytest.mark.spark
