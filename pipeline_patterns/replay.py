@@ -105,7 +105,7 @@ def _partition_column(asset_graph, table: str) -> str:
     key = dg.AssetKey(table.split("/"))
     if asset_graph is not None and asset_graph.has(key):
         return (asset_graph.get(key).metadata or {}).get("partition_column", "day")
-    return "day"  # tables written beside the assets (quarantine) are daily by day too
+    return "day"  # a table without an asset (e.g. one an older version wrote) is partitioned by day
 
 
 def compare_window(

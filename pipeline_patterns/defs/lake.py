@@ -12,13 +12,15 @@ is kept: its storage configuration classes are the lake's storage settings, so o
 configured the way dagster-deltalake users already do.
 """
 
+from typing import Any
+
 import dagster as dg
 import pyarrow as pa
 from dagster_deltalake import AzureConfig, GcsConfig, LocalConfig, S3Config
 from pydantic import Field
 
 from pipeline_patterns.lib.day_window import DayWindow
-from pipeline_patterns.lib.delta_writes import WriteResult, day_counts, overwrite_table, read_table, replace_window
+from pipeline_patterns.lib.delta_writes import WriteResult, overwrite_table, per_day, read_table, replace_window
 
 
 class Lake(dg.ConfigurableResource):
@@ -43,9 +45,10 @@ class Lake(dg.ConfigurableResource):
             self.table_uri(key), window, partition_column=partition_column, storage_options=self.options()
         )
 
-    def day_counts(self, key: dg.AssetKey, window: DayWindow) -> dict[str, int]:
-        """Rows per day of the window (days without rows absent); {} while the table does not exist."""
-        return day_counts(self.table_uri(key), window, storage_options=self.options())
+    def per_day(self, key: dg.AssetKey, window: DayWindow, aggregate: str = "COUNT(*)") -> dict[str, Any]:
+        """An SQL aggregate per day of the window (rows per day by default; days without rows
+        absent); {} while the table does not exist."""
+        return per_day(self.table_uri(key), window, aggregate, storage_options=self.options())
 
     def replace(
         self, key: dg.AssetKey, data, window: DayWindow, run_id: str, partition_column: str = "day"
@@ -70,7 +73,7 @@ def _window(context: dg.InputContext | dg.OutputContext) -> DayWindow | None:
     if not context.has_asset_partitions:
         return None
     window = context.asset_partitions_time_window
-    return DayWindow(window.start.date(), window.end.date())
+    return DayWindow.of(window)
 
 
 class DeltaLakeIOManager(dg.ConfigurableIOManager):

@@ -47,7 +47,7 @@ class LandingIOManager(dg.ConfigurableIOManager):
             raise ValueError(f"{context.asset_key.to_user_string()} is daily-partitioned: pass a partition key")
         region = context.asset_key.path[-1].replace("_", "-")
         window = context.asset_partitions_time_window
-        days = DayWindow(window.start.date(), window.end.date()).days
+        days = DayWindow.of(window).days
         files = landing.landed_files(pathlib.Path(self.root), region, days)
         options = pacsv.ConvertOptions(column_types={name: pa.string() for name in RECORD_FIELDS})
         return pa.concat_tables([pacsv.read_csv(f, convert_options=options) for f in files])

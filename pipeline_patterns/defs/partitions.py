@@ -23,5 +23,4 @@ def region_key(region: str) -> str:
 
 def day_window(context: dg.AssetExecutionContext) -> DayWindow:
     """The days a run materializes: one partition or a whole backfill range."""
-    window = context.partition_time_window
-    return DayWindow(window.start.date(), window.end.date())
+    return DayWindow.of(context.partition_time_window)

@@ -4,6 +4,15 @@
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping
+from typing import Protocol
+
+
+class SupportsTimeWindow(Protocol):
+    @property
+    def start(self) -> dt.datetime: ...
+
+    @property
+    def end(self) -> dt.datetime: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,6 +21,11 @@ class DayWindow:
 
     start: dt.date
     end: dt.date
+
+    @classmethod
+    def of(cls, window: "SupportsTimeWindow") -> "DayWindow":
+        """The days of a time window (Dagster's `TimeWindow`: `start`, `end` datetimes)."""
+        return cls(window.start.date(), window.end.date())
 
     def __post_init__(self) -> None:
         if self.end <= self.start:

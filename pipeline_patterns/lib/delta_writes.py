@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -148,16 +149,19 @@ def read_table(
     return result.select(schema.names).cast(schema)
 
 
-def day_counts(uri: str, window: DayWindow, *, storage_options: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Rows per day of `window` in the table at `uri` (days without rows are absent); {} when
-    the table does not exist yet. A metadata-sized query: no row leaves delta-rs."""
+def per_day(
+    uri: str, window: DayWindow, aggregate: str = "COUNT(*)", *, storage_options: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """One SQL `aggregate` per day of `window` in the table at `uri` (rows per day by default;
+    days without rows are absent); {} when the table does not exist yet. Computed inside
+    delta-rs: no row reaches Python."""
     try:
         table = DeltaTable(uri, storage_options=dict(storage_options or {}))
     except TableNotFoundError:
         return {}
-    sql = f"SELECT CAST(day AS VARCHAR) AS day, COUNT(*) AS n FROM t WHERE {window.predicate('day')} GROUP BY day"
-    counts = pa.table(QueryBuilder().register("t", table).execute(sql))
-    return dict(zip(counts["day"].to_pylist(), counts["n"].to_pylist(), strict=True))
+    sql = f"SELECT CAST(day AS VARCHAR) AS day, {aggregate} AS v FROM t WHERE {window.predicate('day')} GROUP BY day"
+    values = pa.table(QueryBuilder().register("t", table).execute(sql))
+    return dict(zip(values["day"].to_pylist(), values["v"].to_pylist(), strict=True))
 
 
 def content_hash(table: pa.Table, exclude: Iterable[str] = ()) -> str:

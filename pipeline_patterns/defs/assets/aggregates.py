@@ -30,7 +30,7 @@ DAILY_REVENUE = dg.AssetKey("daily_revenue")
 )
 def monthly_revenue(context: dg.AssetExecutionContext, daily: pa.Table) -> pa.Table:
     window = context.partition_time_window
-    days = DayWindow(window.start.date(), window.end.date()).days
+    days = DayWindow.of(window).days
     present = set(daily["day"].to_pylist())
     lacking = [d.isoformat() for d in days if d.isoformat() not in present]
     if lacking:

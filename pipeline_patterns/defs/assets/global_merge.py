@@ -80,11 +80,11 @@ def global_orders_and_daily_revenue(
         held = held_days(
             days,
             REGIONS,
-            {r: lake.day_counts(regional_key(r), window) for r in REGIONS},
+            {r: lake.per_day(regional_key(r), window) for r in REGIONS},
             {r: quarantined_checks(lake, r, window) for r in REGIONS},
         )
     else:  # daily_revenue alone follows what global_orders holds
-        present = lake.day_counts(GLOBAL_ORDERS, window)
+        present = lake.per_day(GLOBAL_ORDERS, window)
         held = {d: ["global_orders: no rows for the day (held or not processed)"] for d in days if not present.get(d)}
     ready = [d for d in days if d not in held]
 
@@ -163,7 +163,7 @@ def day_materializations(
     lake: Lake, key: dg.AssetKey, written: WriteResult, window: DayWindow, ready: list[str], extra: dict
 ) -> Iterator[dg.AssetMaterialization]:
     """One materialization per processed day, with that day's own row count."""
-    rows = lake.day_counts(key, window)
+    rows = lake.per_day(key, window)
     for day in ready:
         yield dg.AssetMaterialization(
             asset_key=key,
@@ -179,10 +179,7 @@ def day_materializations(
 
 def quarantined_checks(lake: Lake, region: str, window: DayWindow) -> dict[str, str]:
     """Day -> failed checks of the region's quarantined days in the window."""
-    if not lake.day_counts(quarantine_key(region), window):
-        return {}
-    rows = lake.read(quarantine_key(region), window).select(["day", "failed_checks"])
-    return dict(zip(rows["day"].to_pylist(), rows["failed_checks"].to_pylist(), strict=True))
+    return lake.per_day(quarantine_key(region), window, "MIN(failed_checks)")  # one value per day
 
 
 def only_days(table: pa.Table, days: list[str]) -> pa.Table:
