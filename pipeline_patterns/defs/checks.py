@@ -102,10 +102,10 @@ def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
         metadata={
             "days_with_lost_rows": ", ".join(lost) or "none",
             "rows_landed": sum(d.landed for d in region_days),
-            "rows_processed": sum(d.clean.num_rows for d in region_days),
+            "rows_processed": sum(d.clean_rows for d in region_days),
             "duplicates_dropped": sum(d.duplicates for d in region_days),
             "superseded_dropped": sum(d.superseded for d in region_days),
-            "rows_quarantined": sum(d.quarantined.num_rows for d in region_days),
+            "rows_quarantined": sum(d.quarantined_rows for d in region_days),
         },
     )
 
@@ -134,10 +134,10 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
             blocking=True,
             metadata={
                 "rows_landed": region_day.landed,
-                "rows_processed": region_day.clean.num_rows,
+                "rows_processed": region_day.clean_rows,
                 "duplicates_dropped": region_day.duplicates,
                 "superseded_dropped": region_day.superseded,
-                "rows_quarantined": region_day.quarantined.num_rows,
+                "rows_quarantined": region_day.quarantined_rows,
             },
             partition=region_day.day,
         )

@@ -18,9 +18,18 @@ import dagster as dg
 import pyarrow as pa
 from dagster_deltalake import AzureConfig, GcsConfig, LocalConfig, S3Config
 from pydantic import Field
+from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_patterns.lib.day_window import DayWindow
-from pipeline_patterns.lib.delta_writes import WriteResult, overwrite_table, per_day, read_table, replace_window
+from pipeline_patterns.lib.delta_writes import (
+    WriteResult,
+    overwrite_table,
+    per_day,
+    read_table,
+    replace_window,
+    table_version,
+)
+from pipeline_patterns.lib.spark_tables import read_window, write_window
 
 
 class Lake(dg.ConfigurableResource):
@@ -45,10 +54,47 @@ class Lake(dg.ConfigurableResource):
             self.table_uri(key), window, partition_column=partition_column, storage_options=self.options()
         )
 
-    def per_day(self, key: dg.AssetKey, window: DayWindow, aggregate: str = "COUNT(*)") -> dict[str, Any]:
+    def per_day(
+        self, key: dg.AssetKey, window: DayWindow, aggregate: str = "COUNT(*)", version: int | None = None
+    ) -> dict[str, Any]:
         """An SQL aggregate per day of the window (rows per day by default; days without rows
         absent); {} while the table does not exist."""
-        return per_day(self.table_uri(key), window, aggregate, storage_options=self.options())
+        return per_day(self.table_uri(key), window, aggregate, version=version, storage_options=self.options())
+
+    def version(self, key: dg.AssetKey) -> int | None:
+        """The table's current version (None while it does not exist): pin it to read one snapshot."""
+        return table_version(self.table_uri(key), storage_options=self.options())
+
+    def frame(
+        self, spark: SparkSession, key: dg.AssetKey, schema: pa.Schema, window: DayWindow, version: int | None = None
+    ) -> DataFrame:
+        """The rows of `window` (at `version`) as a Spark DataFrame, read from the snapshot's files."""
+        return read_window(spark, self.table_uri(key), schema, window, version=version, storage_options=self.options())
+
+    def write(
+        self,
+        key: dg.AssetKey,
+        frame: DataFrame,
+        window: DayWindow,
+        run_id: str,
+        schema: pa.Schema,
+        *,
+        rows_per_day: dict[str, int] | None = None,
+        not_null: tuple[str, ...] = (),
+    ) -> WriteResult:
+        """Replace exactly `window` of the asset's table with `frame`'s rows in one transaction
+        carrying the run id: Spark's executors write the files, this process checks and commits
+        them (lib/spark_tables.py)."""
+        return write_window(
+            frame,
+            self.table_uri(key),
+            window,
+            schema,
+            rows_per_day=rows_per_day,
+            not_null=not_null,
+            commit_metadata=commit_metadata(key, run_id, str(window)),
+            storage_options=self.options(),
+        )
 
     def replace(
         self, key: dg.AssetKey, data, window: DayWindow, run_id: str, partition_column: str = "day"

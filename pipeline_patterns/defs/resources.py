@@ -2,6 +2,7 @@
 infrastructure: local Spark and a local lake by default, a cluster and object storage by
 environment)."""
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
 from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
+from pipeline_patterns.lib.spark_tables import spark_settings
 
 
 def spark_config() -> dict[str, str]:
     return {
+        **spark_settings(),
+        # the executors' Python (the gates and the fan-in run there) is this environment's
+        "spark.pyspark.python": sys.executable,
         "spark.master": environment.spark_master(),
         "spark.app.name": "pipeline_patterns",
         "spark.driver.memory": environment.spark_driver_memory(),

@@ -1,9 +1,18 @@
 """Idempotent Delta Lake writes and abort-free reads over delta-rs (pattern: idempotent writes).
 
-`replace_window` replaces exactly the rows of a day window [start, end) in ONE Delta transaction
-(a predicate overwrite), so a write that dies half-way commits nothing and a re-run of the same
-window leaves the same rows. dagster-deltalake's IO manager cannot do this for ranges: it builds
-its predicate from the first day of a window only (see FACTS.md), hence this small helper.
+Every write replaces exactly the rows of a day window [start, end) in ONE Delta transaction, so a
+write that dies half-way commits nothing and a re-run of the same window leaves the same rows.
+dagster-deltalake's IO manager cannot do this for ranges: it builds its predicate from the first
+day of a window only (see FACTS.md), hence these small helpers. Two ways in:
+
+- `commit_staged`: Parquet files already written by someone else (Spark's executors, into a
+  staging folder of their own inside the table's folder, invisible until committed) are checked
+  and committed as one transaction that also removes the window's old files. delta-rs validates
+  nothing a caller commits this way (FACTS.md), so this function does: files, sizes, partition
+  values inside the window, schema, rows per day, nulls. Big tables take this path: their rows
+  never pass through the committing process. A writer killed before its commit leaves only
+  unreferenced files, which `vacuum_orphans` removes.
+- `replace_window`: an Arrow table from this process, for the few rows a day of the aggregates.
 
 Reads go through delta-rs's own query engine (`QueryBuilder`), never the pyarrow-dataset bridge
 (`to_pyarrow_table`, `to_pandas`), which makes the process abort at exit.
@@ -12,15 +21,21 @@ Reads go through delta-rs's own query engine (`QueryBuilder`), never the pyarrow
 import dataclasses
 import hashlib
 import itertools
-from collections.abc import Iterable, Mapping
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from pipeline_patterns.lib.day_window import DayWindow
 
@@ -107,6 +122,202 @@ def replace_window(
     return WriteResult(table_uri=uri, version=version, rows=rows)
 
 
+STAGING_PREFIX = "staged-"
+"""Folders a writer stages its files in, inside the table's folder: `staged-<write id>/day=.../`."""
+
+
+class RefusedCommit(ValueError):
+    """Staged files that must not be committed (outside the window, wrong schema, rows missing)."""
+
+
+def commit_staged(
+    uri: str,
+    staging: str,
+    window: DayWindow,
+    schema: pa.Schema,
+    *,
+    partition_column: str = "day",
+    rows_per_day: Mapping[str, int] | None = None,
+    not_null: Sequence[str] = (),
+    commit_metadata: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, str] | None = None,
+    attempts: int = 5,
+) -> WriteResult:
+    """Commit the Parquet files under `<uri>/<staging>` (partitioned `day=<day>/`, written by
+    Spark or anyone) as ONE transaction that replaces exactly `window` of the table, creating the
+    table (partitioned by `partition_column`) on first write.
+
+    Checked before committing, since delta-rs checks none of it: each file is a readable Parquet
+    file of the listed size whose columns are `schema`'s (the partition column aside) with the
+    same types; its day lies inside the window; `not_null` columns hold no null; and the rows per
+    day equal `rows_per_day` when given (days absent there must have no file). A refusal deletes
+    the staged files and raises `RefusedCommit`. A commit that loses a race to a concurrent
+    writer is rebuilt on the new snapshot and tried again, so the window ends as one copy.
+    """
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    try:
+        adds, rows = _staged_actions(filesystem, root, staging, window, schema, partition_column, not_null)
+        if rows_per_day is not None:
+            expected = {d: n for d, n in rows_per_day.items() if n}
+            if rows != expected:
+                wrong = sorted(d for d in set(rows) | set(expected) if rows.get(d, 0) != expected.get(d, 0))
+                raise RefusedCommit(
+                    f"refusing to commit {uri} {window}: staged rows differ from the rows computed on "
+                    + ", ".join(f"{d} ({rows.get(d, 0)} staged, {expected.get(d, 0)} expected)" for d in wrong[:5])
+                )
+    except RefusedCommit:
+        filesystem.delete_dir_contents(f"{root}/{staging}", missing_dir_ok=True)
+        filesystem.delete_dir(f"{root}/{staging}")
+        raise
+    properties = CommitProperties(custom_metadata=dict(commit_metadata or {}))
+    delta_schema = Schema.from_arrow(schema)
+    options = dict(storage_options or {})
+    for attempt in range(attempts):
+        try:
+            table = DeltaTable(uri, storage_options=options)
+        except TableNotFoundError:
+            try:
+                create_table_with_add_actions(
+                    uri,
+                    delta_schema,
+                    adds,
+                    mode="error",
+                    partition_by=[partition_column],
+                    storage_options=options,
+                    commit_properties=properties,
+                )
+                break
+            except Exception:  # another writer created the table first: commit into it
+                if attempt == attempts - 1:
+                    raise
+                continue
+        try:
+            table.create_write_transaction(
+                list[AddAction | RemoveAction](adds),
+                mode="overwrite",
+                schema=delta_schema,
+                partition_by=[partition_column],
+                partition_filters=[
+                    (partition_column, ">=", window.start.isoformat()),
+                    (partition_column, "<", window.end.isoformat()),
+                ],
+                commit_properties=properties,
+            )
+            break
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+    version = DeltaTable(uri, storage_options=options).version()
+    return WriteResult(table_uri=uri, version=version, rows=sum(rows.values()))
+
+
+def _staged_actions(
+    filesystem: pafs.FileSystem,
+    root: str,
+    staging: str,
+    window: DayWindow,
+    schema: pa.Schema,
+    partition_column: str,
+    not_null: Sequence[str],
+) -> tuple[list[AddAction], dict[str, int]]:
+    data_fields = [f for f in schema if f.name != partition_column]
+    expected_types = [(f.name, f.type) for f in data_fields]
+    listed = filesystem.get_file_info(pafs.FileSelector(f"{root}/{staging}", recursive=True, allow_not_found=True))
+    adds: list[AddAction] = []
+    rows: dict[str, int] = {}
+    for info in sorted(listed, key=lambda i: i.path):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue  # Spark's _SUCCESS marker, folders
+        relative = info.path[len(root) + 1 :]
+        marker = f"/{partition_column}="
+        day = relative.split(marker, 1)[1].split("/", 1)[0] if marker in relative else None
+        if day is None or not (window.start.isoformat() <= day < window.end.isoformat()):
+            raise RefusedCommit(f"refusing to commit {relative}: its {partition_column} {day!r} is outside {window}")
+        with filesystem.open_input_file(info.path) as handle:  # a truncated file has no footer: refused
+            try:
+                metadata = pq.ParquetFile(handle).metadata
+            except (OSError, pa.ArrowInvalid) as error:
+                raise RefusedCommit(f"refusing to commit {relative}: not a readable Parquet file ({error})") from error
+            found = [(f.name, f.type) for f in metadata.schema.to_arrow_schema()]
+        if found != expected_types:
+            raise RefusedCommit(
+                f"refusing to commit {relative}: its columns {found} are not the table's {expected_types}"
+            )
+        stats = _stats(metadata, data_fields)
+        nulls = [c for c in not_null if stats["nullCount"].get(c)]
+        if nulls:
+            raise RefusedCommit(f"refusing to commit {relative}: nulls in the required columns {nulls}")
+        rows[day] = rows.get(day, 0) + metadata.num_rows
+        adds.append(
+            AddAction(
+                relative,
+                info.size,
+                {partition_column: day},
+                int(info.mtime_ns // 1_000_000) if info.mtime_ns else int(time.time() * 1000),
+                True,
+                json.dumps(stats),
+            )
+        )
+    return adds, rows
+
+
+def _stats(metadata: pq.FileMetaData, fields: list[pa.Field]) -> dict[str, Any]:
+    """Delta file statistics from a Parquet footer: row count, null counts, and min/max of the
+    numeric and short string columns (what readers use to skip files; FACTS.md: no stats breaks
+    pruning and `DeltaTable.count()`)."""
+    nulls: dict[str, int] = {}
+    minimum: dict[str, Any] = {}
+    maximum: dict[str, Any] = {}
+    for index, field in enumerate(fields):
+        column_stats = [metadata.row_group(g).column(index).statistics for g in range(metadata.num_row_groups)]
+        if any(s is None for s in column_stats):
+            continue
+        nulls[field.name] = sum(s.null_count for s in column_stats)
+        bounded = [s for s in column_stats if s.has_min_max]
+        if not bounded or not (
+            pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_string(field.type)
+        ):
+            continue
+        low, high = min(s.min for s in bounded), max(s.max for s in bounded)
+        if isinstance(low, float) and not (math.isfinite(low) and math.isfinite(high)):
+            continue
+        if isinstance(low, str) and max(len(low), len(high)) > 32:
+            continue  # Delta truncates long strings; rather no bound than a wrong one
+        minimum[field.name], maximum[field.name] = low, high
+    return {"numRecords": metadata.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls}
+
+
+def table_files(
+    uri: str,
+    window: DayWindow | None = None,
+    *,
+    partition_column: str = "day",
+    version: int | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The Parquet files of the table's snapshot (at `version`, else the latest), narrowed to
+    `window`: exactly the table's rows, for an engine that reads Parquet (Spark). [] while the
+    table does not exist."""
+    try:
+        table = DeltaTable(uri, version=version, storage_options=dict(storage_options or {}))
+    except TableNotFoundError:
+        return []
+    if window is None:
+        return table.file_uris()
+    return table.file_uris(file_pruning_predicate=window.predicate(partition_column))
+
+
+def vacuum_orphans(
+    uri: str, retention_hours: int = 168, *, dry_run: bool = True, storage_options: Mapping[str, str] | None = None
+) -> list[str]:
+    """Files in the table's folder older than `retention_hours` that no kept version references:
+    old versions' files AND the staged files of writers killed before their commit (a default
+    vacuum keeps those forever). Deleted unless `dry_run`. Keep the retention above the longest
+    run, so a running writer's staged files are never taken."""
+    table = DeltaTable(uri, storage_options=dict(storage_options or {}))
+    return table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True)
+
+
 def overwrite_table(
     uri: str,
     data: pa.Table,
@@ -149,14 +360,26 @@ def read_table(
     return result.select(schema.names).cast(schema)
 
 
-def per_day(
-    uri: str, window: DayWindow, aggregate: str = "COUNT(*)", *, storage_options: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """One SQL `aggregate` per day of `window` in the table at `uri` (rows per day by default;
-    days without rows are absent); {} when the table does not exist yet. Computed inside
-    delta-rs: no row reaches Python."""
+def table_version(uri: str, *, storage_options: Mapping[str, str] | None = None) -> int | None:
     try:
-        table = DeltaTable(uri, storage_options=dict(storage_options or {}))
+        return DeltaTable(uri, storage_options=dict(storage_options or {})).version()
+    except TableNotFoundError:
+        return None
+
+
+def per_day(
+    uri: str,
+    window: DayWindow,
+    aggregate: str = "COUNT(*)",
+    *,
+    version: int | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One SQL `aggregate` per day of `window` in the table at `uri` (at `version`; rows per day
+    by default; days without rows are absent); {} when the table does not exist yet. Computed
+    inside delta-rs: no row reaches Python."""
+    try:
+        table = DeltaTable(uri, version=version, storage_options=dict(storage_options or {}))
     except TableNotFoundError:
         return {}
     sql = f"SELECT CAST(day AS VARCHAR) AS day, {aggregate} AS v FROM t WHERE {window.predicate('day')} GROUP BY day"

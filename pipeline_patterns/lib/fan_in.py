@@ -1,21 +1,26 @@
 """The fan-in: every region's clean orders of a day in one table, in USD, and which days are ready
 for it (pattern: fan-in with a readiness rule; a global day is all regions or nothing).
 
-One home for the computation: the `global_orders` asset, the replay check, the idempotency proof
-and the benchmark floor all call `global_orders_table`.
+One home for the computation: `global_orders_table` (Arrow) is what the `global_orders` asset runs
+on Spark's executors (`global_orders_frame`), what the replay check and the pyarrow benchmark
+floor call directly.
 """
 
-import contextlib
-import itertools
-import pathlib
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import from_arrow_schema
 
-from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
+from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, daily_revenue_table
 
+_NO_RATE = (
+    "global_orders: the FX service returned no rate for {gaps} (currency and event day); the "
+    "currency_known gate should have quarantined an unknown currency, so check the FX service's "
+    "answer for those days"
+)
+FX_RATES_SCHEMA = pa.schema([("currency", pa.string()), ("fx_day", pa.string()), ("usd_rate", pa.float64())])
 GLOBAL_SCHEMA = REGIONAL_SCHEMA.append(pa.field("usd_rate", pa.float64())).append(pa.field("amount_usd", pa.float64()))
 
 
@@ -32,11 +37,7 @@ def orders_in_usd(orders: pa.Table, rates: pa.Table) -> pa.Table:
     missing = pc.is_null(joined["usd_rate"])
     if pc.any(missing).as_py():
         gaps = joined.filter(missing).select(["currency", "fx_day"]).group_by(["currency", "fx_day"]).aggregate([])
-        raise ValueError(
-            f"global_orders: the FX service returned no rate for {gaps.to_pylist()[:5]} "
-            "(currency and event day); the currency_known gate should have quarantined an unknown "
-            "currency, so check the FX service's answer for those days"
-        )
+        raise ValueError(_NO_RATE.format(gaps=gaps.to_pylist()[:5]))
     amount_usd = pc.round(pc.multiply(joined["amount"], joined["usd_rate"]), 2)
     result = joined.append_column("amount_usd", amount_usd).drop_columns(["fx_day"])
     return result.sort_by([("day", "ascending"), ("order_id", "ascending")])
@@ -47,23 +48,34 @@ def global_orders_table(regional: list[pa.Table], rates: pa.Table) -> pa.Table:
     return orders_in_usd(pa.concat_tables(regional), rates).cast(GLOBAL_SCHEMA)
 
 
-@contextlib.contextmanager
-def spooled(chunks: Iterable[pa.Table], schema: pa.Schema) -> Iterator[Iterator[pa.Table]]:
-    """The chunks, computed first and spooled to a temporary Arrow file, then streamed back.
+def check_rates_cover(needed: pa.Table, rates: pa.Table) -> None:
+    """Raise, naming them, if `rates` lacks a rate for some (currency, fx_day) of `needed`."""
+    joined = needed.select(["currency", "fx_day"]).join(rates, keys=["currency", "fx_day"], join_type="left outer")
+    gaps = joined.filter(pc.is_null(joined["usd_rate"])).select(["currency", "fx_day"]).to_pylist()
+    if gaps:
+        raise ValueError(_NO_RATE.format(gaps=gaps[:5]))
 
-    delta-rs cannot read a table while its writer pulls the data (a nested-runtime panic), and
-    the fan-in reads the regional tables to produce its rows: spooling keeps the two apart with
-    memory bounded by one chunk. With no chunk at all, one empty table of `schema` comes back, so
-    a window with no ready day is still written, empty, as a clean run would leave it.
-    """
-    with tempfile.TemporaryDirectory(prefix="spool-") as folder:
-        path = pathlib.Path(folder) / "chunks.arrow"
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for chunk in chunks:
-                writer.write_table(chunk.cast(schema))
-        with pa.memory_map(str(path)) as source:
-            reader = pa.ipc.open_stream(source)
-            yield itertools.chain((pa.Table.from_batches([b], schema) for b in reader), [schema.empty_table()])
+
+def global_orders_frame(regional: DataFrame, rates: pa.Table) -> DataFrame:
+    """`global_orders_table` on Spark's executors, batch by batch: the regional orders (one
+    DataFrame of every region) in USD. `rates` (a few rows per day) travels with each task, so
+    the join is a broadcast join and no order reaches the driver. Call `check_rates_cover` first: a
+    missing rate fails the executors' task with a less readable error."""
+
+    def convert(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from global_orders_table([pa.Table.from_batches([batch]).cast(REGIONAL_SCHEMA)], rates).to_batches()
+
+    return regional.select(REGIONAL_SCHEMA.names).mapInArrow(convert, from_arrow_schema(GLOBAL_SCHEMA))
+
+
+def daily_revenue_frame(global_orders: DataFrame) -> DataFrame:
+    """`daily_revenue_table` on the executors, one day of global orders at a time."""
+
+    def revenue(table: pa.Table) -> pa.Table:
+        return daily_revenue_table(table.cast(GLOBAL_SCHEMA))
+
+    return global_orders.groupBy("day").applyInArrow(revenue, from_arrow_schema(DAILY_REVENUE_SCHEMA))
 
 
 def held_days(

@@ -5,7 +5,10 @@ A global day is all regions or nothing. In one run over a range, this step proce
 whose four region-days are clean and HOLDS the others (a region-day quarantined or not yet
 processed), saying which and why: per held day in the run's failure, the notifier and the log.
 Both tables still take one transaction each for the whole window, so they hold exactly what one
-clean run writes: the ready days' rows, nothing on held days.
+clean run writes: the ready days' rows, nothing on held days. The rows stay in Spark: it reads
+the regional snapshots' files, converts to USD on the executors (the FX rates, a few per day,
+travel with the tasks: a broadcast join), aggregates the revenue, and writes the files the
+driver commits.
 
 Per-day truth in Dagster (FACTS.md, "Partial success inside one range run"): a returned output
 would record EVERY day of the range as materialized, so this step is the last of the daily graph
@@ -20,7 +23,9 @@ from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
@@ -29,13 +34,22 @@ from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, 
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import WriteResult
-from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, fx_day, global_orders_table, held_days, spooled
-from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, daily_revenue_table
+from pipeline_patterns.lib.fan_in import (
+    FX_RATES_SCHEMA,
+    GLOBAL_SCHEMA,
+    check_rates_cover,
+    daily_revenue_frame,
+    global_orders_frame,
+    held_days,
+)
+from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA
 
 GLOBAL_ORDERS = dg.AssetKey("global_orders")
 DAILY_REVENUE = dg.AssetKey("daily_revenue")
-# Days read and converted at a time: memory stays bounded by the chunk, not the range.
-DAYS_PER_CHUNK = 7
+# Days of rates asked of the FX service per call: a year of backfill is 12 calls, not 365.
+DAYS_PER_FX_CALL = 31
+# What a global order always has; checked on the files before they are committed.
+GLOBAL_NOT_NULL = ("order_id", "region", "amount", "currency", "event_ts", "usd_rate", "amount_usd", "day")
 
 
 @dg.multi_asset(
@@ -47,7 +61,7 @@ DAYS_PER_CHUNK = 7
             deps=[k for r in REGIONS for k in (regional_key(r), quarantine_key(r))],
             skippable=True,
             group_name="global",
-            kinds={"pyarrow", "delta"},
+            kinds={"pyspark", "delta"},
             description="All regions' orders of a day, with the day's FX rate and the amount in USD. "
             "A day is written only when all four region-days are clean; the others are held.",
         ).with_io_manager_key("lake_io_manager"),
@@ -56,7 +70,7 @@ DAYS_PER_CHUNK = 7
             deps=[GLOBAL_ORDERS],
             skippable=True,
             group_name="revenue",
-            kinds={"pyarrow", "delta"},
+            kinds={"pyspark", "delta"},
             description="Per day and region: orders, revenue in USD, distinct users.",
         ).with_io_manager_key("lake_io_manager"),
     ],
@@ -68,72 +82,45 @@ DAYS_PER_CHUNK = 7
 )
 def global_orders_and_daily_revenue(
     context: dg.AssetExecutionContext,
+    spark: PySparkResource,
     lake: Lake,
     fx_rates: FxRates,
     fx_breaker: Breaker,
     fx_retries: RetrySettings,
     notifier: Notifier,
 ):
-    window, run_id = day_window(context), context.run.run_id
+    window, run_id, session = day_window(context), context.run.run_id, spark.spark_session
     days = [d.isoformat() for d in window.days]
     if GLOBAL_ORDERS in context.selected_asset_keys:
-        held = held_days(
-            days,
-            REGIONS,
-            {r: lake.per_day(regional_key(r), window) for r in REGIONS},
-            {r: quarantined_checks(lake, r, window) for r in REGIONS},
+        # one snapshot per regional table, pinned: readiness and the rows read agree even if a
+        # regional run commits meanwhile
+        versions = {r: lake.version(regional_key(r)) for r in REGIONS}
+        clean_rows = {r: lake.per_day(regional_key(r), window, version=versions[r]) for r in REGIONS}
+        held = held_days(days, REGIONS, clean_rows, {r: quarantined_checks(lake, r, window) for r in REGIONS})
+        ready = [d for d in days if d not in held]
+        regional = functools.reduce(
+            DataFrame.unionByName,
+            [lake.frame(session, regional_key(r), REGIONAL_SCHEMA, window, versions[r]) for r in REGIONS],
+        ).where(F.col("day").isin(ready))
+        rates = fx_rates_for(context, regional, fx_rates, fx_breaker, fx_retries, notifier)
+        written = lake.write(
+            GLOBAL_ORDERS,
+            global_orders_frame(regional, rates),
+            window,
+            run_id,
+            GLOBAL_SCHEMA,
+            rows_per_day={d: sum(clean_rows[r].get(d, 0) for r in REGIONS) for d in ready},
+            not_null=GLOBAL_NOT_NULL,
         )
+        # recorded at once: committed days must not show FAILED if the revenue write then fails
+        yield from day_materializations(lake, GLOBAL_ORDERS, written, window, ready, breaker_metadata(fx_breaker))
     else:  # daily_revenue alone follows what global_orders holds
         present = lake.per_day(GLOBAL_ORDERS, window)
         held = {d: ["global_orders: no rows for the day (held or not processed)"] for d in days if not present.get(d)}
-    ready = [d for d in days if d not in held]
-
-    revenue_parts: list[pa.Table] = []
-
-    def global_chunks():
-        """The ready days' global orders, a chunk of days at a time, for one streamed write."""
-        for chunk in window.chunks(DAYS_PER_CHUNK):
-            chunk_days = [d.isoformat() for d in chunk.days if d.isoformat() in ready]
-            if not chunk_days:
-                continue
-            regional = [only_days(lake.read(regional_key(r), chunk), chunk_days) for r in REGIONS]
-            for region, rows in zip(REGIONS, regional, strict=True):
-                gone = sorted(set(chunk_days) - set(rows["day"].to_pylist()))
-                if gone:  # rewritten by another run since readiness was decided: decide again
-                    raise dg.Failure(
-                        description=f"regional_orders/{region} lost its rows for {', '.join(gone)} while "
-                        f"global_orders {window} ran (another run rewrote them); re-run the window",
-                    )
-            currencies = sorted({c for t in regional for c in t["currency"].to_pylist()})
-            fx_days = sorted(
-                {dt.date.fromisoformat(d) for t in regional for d in pc.unique(fx_day(t["event_ts"])).to_pylist()}
-            )
-            rates = call_dependency(
-                context,
-                "fx rates",
-                functools.partial(fx_rates.rates, currencies, fx_days),
-                breaker=fx_breaker,
-                retries=fx_retries,
-                notifier=notifier,
-            )
-            orders = global_orders_table(regional, rates)
-            revenue_parts.append(daily_revenue_table(orders))
-            yield orders
-
-    if GLOBAL_ORDERS in context.selected_asset_keys:
-        with spooled(global_chunks(), GLOBAL_SCHEMA) as chunks:
-            written = lake.replace(GLOBAL_ORDERS, chunks, window, run_id)
-        # recorded at once: committed days must not show FAILED if the revenue write then fails
-        yield from day_materializations(lake, GLOBAL_ORDERS, written, window, ready, breaker_metadata(fx_breaker))
-    else:
-        revenue_parts = [
-            daily_revenue_table(only_days(lake.read(GLOBAL_ORDERS, chunk), ready))
-            for chunk in window.chunks(DAYS_PER_CHUNK)
-            if any(d.isoformat() in ready for d in chunk.days)
-        ]
+        ready = [d for d in days if d not in held]
     if DAILY_REVENUE in context.selected_asset_keys:
-        revenue = pa.concat_tables([DAILY_REVENUE_SCHEMA.empty_table(), *revenue_parts])  # a few rows a day
-        written = lake.replace(DAILY_REVENUE, revenue, window, run_id)
+        orders = lake.frame(session, GLOBAL_ORDERS, GLOBAL_SCHEMA, window).where(F.col("day").isin(ready))
+        written = lake.write(DAILY_REVENUE, daily_revenue_frame(orders), window, run_id, DAILY_REVENUE_SCHEMA)
         yield from day_materializations(lake, DAILY_REVENUE, written, window, ready, {})
     if held:
         lines = [f"{day}: {'; '.join(reasons)}" for day, reasons in held.items()]
@@ -150,6 +137,42 @@ def global_orders_and_daily_revenue(
             metadata={"held_days": ", ".join(held), "days_processed": len(ready), "days_held": len(held)},
             allow_retries=False,
         )
+
+
+def fx_rates_for(
+    context: dg.AssetExecutionContext,
+    orders: DataFrame,
+    fx_rates: FxRates,
+    breaker: Breaker,
+    retries: RetrySettings,
+    notifier: Notifier,
+) -> pa.Table:
+    """The FX rates of every (currency, event day) of `orders`, asked of the FX service a month of
+    days at a time, through its breaker and capped retries. Only the distinct pairs (a few per
+    day) reach the driver."""
+    needed = (
+        orders.select("currency", F.date_format(F.to_date("event_ts"), "yyyy-MM-dd").alias("fx_day"))
+        .distinct()
+        .toArrow()
+    )
+    currencies = sorted(set(needed["currency"].to_pylist()))
+    fx_days = sorted(dt.date.fromisoformat(d) for d in set(needed["fx_day"].to_pylist()))
+    parts = [
+        call_dependency(
+            context,
+            "fx rates",
+            functools.partial(fx_rates.rates, currencies, fx_days[i : i + DAYS_PER_FX_CALL]),
+            breaker=breaker,
+            retries=retries,
+            notifier=notifier,
+        )
+        for i in range(0, len(fx_days), DAYS_PER_FX_CALL)
+    ]
+    rates = pa.concat_tables(
+        [FX_RATES_SCHEMA.empty_table(), *(p.select(FX_RATES_SCHEMA.names).cast(FX_RATES_SCHEMA) for p in parts)]
+    )
+    check_rates_cover(needed, rates)
+    return rates
 
 
 def holds_days(step_failure: dg.DagsterEvent) -> bool:
@@ -180,7 +203,3 @@ def day_materializations(
 def quarantined_checks(lake: Lake, region: str, window: DayWindow) -> dict[str, str]:
     """Day -> failed checks of the region's quarantined days in the window."""
     return lake.per_day(quarantine_key(region), window, "MIN(failed_checks)")  # one value per day
-
-
-def only_days(table: pa.Table, days: list[str]) -> pa.Table:
-    return table.filter(pc.is_in(table["day"], value_set=pa.array(days, pa.string())))

@@ -6,7 +6,8 @@ One step per region writes both tables of its branch, each replacing exactly the
 transaction. A quarantined region-day is the designed outcome, not an error: the step succeeds,
 the day's clean partition is empty, its rows are in quarantine with the failed checks, and only
 the fan-in of that day is held (see global_merge.py). Each day reports its own branch and row
-counts. What must stop everything stays a blocking ERROR: `rows_accounted` failing means rows
+counts. Spark parses and deduplicates the region's window, its executors judge each day
+(`judge_days`) and write both tables' files; the driver only commits (lib/spark_tables.py). What must stop everything stays a blocking ERROR: `rows_accounted` failing means rows
 were lost, and then nothing is written.
 
 Each region is its own step, so one region failing never stops the others. The steps share the
@@ -17,7 +18,6 @@ import datetime as dt
 from collections import defaultdict
 
 import dagster as dg
-import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
@@ -27,9 +27,12 @@ from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_win
 from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing as landing_files
-from pipeline_patterns.lib.orders import STAGED_SCHEMA, regional_orders_table, split_by_day
-from pipeline_patterns.lib.quarantine import RegionDay, route
+from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
+from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, RegionDay, clean_frame, judge_days, quarantined_frame
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
+
+# What the gates guarantee of a clean row; checked again on the files before they are committed.
+CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at", "day")
 
 
 def regional_key(region: str) -> dg.AssetKey:
@@ -85,50 +88,62 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         notifier: Notifier,
     ):
         window = day_window(context)
+        days = [d.isoformat() for d in window.days]
         files = landing.files(region, window.days)
-        staged = split_by_day(regional_orders_table(spark.spark_session, files))
         files_by_day = defaultdict(list)
         for file in files:
             files_by_day[landing_files.day_of(file)].append(file)
-        settings = quality_gates.settings(fx_rates.currencies())
-        at, run_id = dt.datetime.now(dt.UTC), context.run.run_id
-        region_days = [
-            route(
-                day.isoformat(),
-                staged.get(day.isoformat(), STAGED_SCHEMA.empty_table()),
-                landed=landing_files.record_count(files_by_day[day.isoformat()]),
-                header_drift=header_drift(files_by_day[day.isoformat()]),
-                settings=settings,
-                run_id=run_id,
-                at=at,
+        run_id = context.run.run_id
+        # computed once, kept on the executors (memory, spilling to disk) for the gates and both writes
+        staged = regional_orders_frame(spark.spark_session, files).repartition("day").persist()
+        try:
+            region_days = judge_days(
+                staged,
+                days,
+                landed={d: landing_files.record_count(files_by_day[d]) for d in days},
+                header_drift={d: header_drift(files_by_day[d]) for d in days},
+                settings=quality_gates.settings(fx_rates.currencies()),
             )
-            for day in window.days
-        ]
-        checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
-        if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
-            for d in region_days:
-                for evaluation in day_evaluations(clean_key, d):
-                    context.log_event(evaluation)
-        lost = [d.day for d in region_days if not d.accounted]
-        if lost:
-            yield from checks
-            raise dg.Failure(
-                description=(
-                    f"{clean_key.to_user_string()}: rows lost between landing and the tables on {', '.join(lost)} "
-                    "(landed != processed + duplicates + superseded + quarantined); nothing was written. See the "
-                    "rows_accounted check, then the landed files of those days."
-                ),
-                allow_retries=False,
+            checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
+            if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
+                for d in region_days:
+                    for evaluation in day_evaluations(clean_key, d):
+                        context.log_event(evaluation)
+            lost = [d.day for d in region_days if not d.accounted]
+            if lost:
+                yield from checks
+                raise dg.Failure(
+                    description=(
+                        f"{clean_key.to_user_string()}: rows lost between landing and the tables on {', '.join(lost)} "
+                        "(landed != processed + duplicates + superseded + quarantined); nothing was written. See "
+                        "the rows_accounted check, then the landed files of those days."
+                    ),
+                    allow_retries=False,
+                )
+            clean = lake.write(
+                clean_key,
+                clean_frame(staged, region_days),
+                window,
+                run_id,
+                REGIONAL_SCHEMA,
+                rows_per_day={d.day: d.clean_rows for d in region_days},
+                not_null=CLEAN_NOT_NULL,
             )
-        clean = lake.replace(clean_key, pa.concat_tables([d.clean for d in region_days]), window, run_id)
-        quarantined = lake.replace(
-            quarantined_key, pa.concat_tables([d.quarantined for d in region_days]), window, run_id
-        )
+            quarantined = lake.write(
+                quarantined_key,
+                quarantined_frame(staged, region_days, run_id, dt.datetime.now(dt.UTC)),
+                window,
+                run_id,
+                QUARANTINE_SCHEMA,
+                rows_per_day={d.day: d.quarantined_rows for d in region_days},
+            )
+        finally:
+            staged.unpersist()
         for d in region_days:
             report_region_day(context, clean_key, quarantined_key, d)
             if d.branch == "quarantined":
                 context.log.warning(
-                    f"{clean_key.to_user_string()} {d.day}: quarantined {d.quarantined.num_rows} rows "
+                    f"{clean_key.to_user_string()} {d.day}: quarantined {d.quarantined_rows} rows "
                     f"({', '.join(d.failed_checks)}); the global day {d.day} is held until a corrected delivery"
                 )
                 notifier.notify(
@@ -136,7 +151,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     region=region,
                     day=d.day,
                     checks=d.failed_checks,
-                    rows=d.quarantined.num_rows,
+                    rows=d.quarantined_rows,
                 )
         yield dg.MaterializeResult(
             asset_key=clean_key,
@@ -158,19 +173,19 @@ def report_region_day(
     materialization would otherwise show the whole range's figures on every day)."""
     context.add_asset_metadata(
         {
-            "dagster/row_count": d.clean.num_rows,
+            "dagster/row_count": d.clean_rows,
             "branch": d.branch if d.branch == "processed" else f"quarantined: {', '.join(d.failed_checks)}",
             "rows_landed": d.landed,
             "duplicates_dropped": d.duplicates,
             "superseded_dropped": d.superseded,
-            "rows_quarantined": d.quarantined.num_rows,
+            "rows_quarantined": d.quarantined_rows,
         },
         asset_key=clean_key,
         partition_key=d.day,
     )
     context.add_asset_metadata(
         {
-            "dagster/row_count": d.quarantined.num_rows,
+            "dagster/row_count": d.quarantined_rows,
             "failed_checks": ", ".join(d.failed_checks) or "none",
             "reason": d.reason or "none",
         },
