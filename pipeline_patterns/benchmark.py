@@ -1,19 +1,32 @@
-"""Benchmark: a backfill of N days x 4 regions through the whole daily graph, beside the floor,
-a plain PySpark script doing the same transformation without Dagster.
+"""Benchmark: a backfill of N days x 4 regions x 5,000 orders from the landing zone to
+daily_revenue, three ways, in one sitting (pattern: a data path that never holds a range in one
+process; targets in the README).
 
-    python -m pipeline_patterns.benchmark --days 90
-    python -m pipeline_patterns.benchmark --days 365
+    python -m pipeline_patterns.benchmark --days 30 90
+    python -m pipeline_patterns.benchmark --days 30 90 365 730
 
-Each variant runs in a fresh process of its own (a cold Spark JVM, as a real run has) into a
-scratch data dir; this process samples the resident memory of that process and its children
-(the JVM) and prints wall time, rows/s and peak memory. The orchestrated run is ONE Dagster run
-(the assets' single-run backfill policy, in-process executor) and does more than the floor: the
-quality gates, the quarantine table, the check results and the run's event log.
+- `project`: the project's daily graph below the landing as ONE Dagster run over the range (the
+  assets' single-run backfill policy, in-process executor): gates, quarantine, checks, fan-in,
+  revenue, the event log. Default configuration: the feed's bad region-days are ON, so the run
+  ends failed with those days held, as a user's would.
+- `spark`: the plain-PySpark floor: the same library calls (parse and deduplicate, gates,
+  quarantine, the fan-in, the revenue, executor writes and one commit per table) without Dagster.
+- `pyarrow`: a pyarrow-only reference for what this machine can do: parse, deduplicate (newest
+  delivery wins), FX, revenue and the same one-commit writes, a day at a time, without gates.
+
+The feed is generated and landed once, before the clock starts (generating 5,000 orders takes the
+simulator ~0.2 s per region-day, the same for every variant), then each variant runs in a fresh
+process (a cold JVM, as a real run has) into its own lake. This process samples the resident
+memory of that process and all its children (JVM, Python workers; the sum of their PSS, so
+shared pages count once) and prints wall time, rows/s
+and the peak, then the ratios.
 """
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
+import multiprocessing
 import pathlib
 import subprocess
 import sys
@@ -21,84 +34,214 @@ import tempfile
 import threading
 import time
 
-REGIONS_FIRST_DAY = dt.date(2024, 1, 1)
+FIRST_DAY = dt.date(2024, 1, 1)
+VARIANTS = ("pyarrow", "spark", "project")
 
 
-def run_dagster(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_day: int) -> None:
+def _land_region(args: tuple[str, str, int, int]) -> None:
+    from pipeline_patterns.lib import landing
+    from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_files
+
+    root, region, days, orders_per_day = args
+    settings = FeedSettings(orders_per_day=orders_per_day)
+    for i in range(days):
+        day = FIRST_DAY + dt.timedelta(days=i)
+        if landing.read_manifest(pathlib.Path(root), region, day) is None:
+            landing.land(pathlib.Path(root), region, day, "benchmark", region_day_files(region, day, settings))
+
+
+def land_feed(root: pathlib.Path, days: int, orders_per_day: int) -> float:
+    """Land the default feed (bad region-days ON) for every region, in parallel processes
+    (spawned: delta-rs must not be forked). Returns the seconds it took."""
+    from pipeline_patterns.defs.partitions import REGIONS
+
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_land_region, [(str(root), r, days, orders_per_day) for r in REGIONS])
+    return time.perf_counter() - start
+
+
+def run_project(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
     import dagster as dg
 
     from pipeline_patterns.definitions import defs
-    from pipeline_patterns.defs.checks import QualityGates
+    from pipeline_patterns.defs.assets.global_merge import holds_days
+    from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
     from pipeline_patterns.defs.resources import build_resources
-    from pipeline_patterns.defs.sources import OrdersSource
 
+    last = window.end - dt.timedelta(days=1)
     result = dg.materialize(
         [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
-        selection="*daily_revenue",
+        selection=dg.AssetSelection.assets("daily_revenue").upstream() - dg.AssetSelection.groups("landing"),
         tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_start": window.start.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),
         },
         resources={
             **build_resources(data_dir),
-            # every region-day passes the gates, as in the floor, so both write the same rows
-            "orders_source": OrdersSource(
-                orders_per_day=orders_per_day, null_user_day_rate=0.0, collapsed_volume_day_rate=0.0
-            ),
-            "quality_gates": QualityGates(min_orders_per_day=1),
+            "landing": LandingZone(root=str(landing_root)),
+            "landing_io_manager": LandingIOManager(root=str(landing_root)),
         },
         instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
     )
-    assert result.success
+    crashes = [e for e in result.get_step_failure_events() if not holds_days(e)]
+    if crashes:
+        raise RuntimeError(f"the run failed, not only holding days: {crashes[0].step_failure_data.error}")
 
 
-def run_floor(data_dir: pathlib.Path, first: dt.date, last: dt.date, orders_per_day: int) -> None:
-    """The same transformation with PySpark, delta-rs and Arrow only."""
+def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
+    """The project's transformation and writes with PySpark and delta-rs only, no Dagster."""
+    import functools
+
     import pyarrow as pa
-    import pyarrow.compute as pc
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import functions as F
 
     from pipeline_patterns.defs.partitions import REGIONS, region_key
     from pipeline_patterns.defs.resources import spark_config
     from pipeline_patterns.lib import landing
-    from pipeline_patterns.lib.day_window import DayWindow
-    from pipeline_patterns.lib.delta_writes import replace_window
-    from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
-    from pipeline_patterns.lib.orders import daily_revenue_table, regional_orders_table
-    from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_files, usd_rate
+    from pipeline_patterns.lib.delta_writes import per_day
+    from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, daily_revenue_frame, global_orders_frame, held_days
+    from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, regional_orders_frame
+    from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, clean_frame, judge_days, quarantined_frame
+    from pipeline_patterns.lib.rules import GateSettings
+    from pipeline_patterns.lib.simulated_feed import CURRENCIES_BY_REGION, usd_rate
+    from pipeline_patterns.lib.spark_tables import read_window, write_window
 
     builder = SparkSession.builder
     for key, value in spark_config().items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    window = DayWindow(first, last + dt.timedelta(days=1))
-    settings = FeedSettings(orders_per_day=orders_per_day, null_user_day_rate=0.0, collapsed_volume_day_rate=0.0)
-    root, lake = data_dir / "landing", data_dir / "lake"
-    regional = []
+    lake = data_dir / "lake"
+    days = [d.isoformat() for d in window.days]
+    currencies = sorted({c for cs in CURRENCIES_BY_REGION.values() for c in cs} | {"USD"})
+    settings = GateSettings(known_currencies=tuple(currencies))
+    clean_rows, quarantined = {}, {}
     for region in REGIONS:
-        for day in window.days:
-            landing.land(root, region, day, "floor", region_day_files(region, day, settings))
-        orders = regional_orders_table(spark, landing.landed_files(root, region, window.days))
-        orders = orders.drop_columns(["parse_errors", "duplicates", "superseded"])
-        replace_window(str(lake / "regional_orders" / region_key(region)), orders, window)
-        regional.append(orders)
-    orders = pa.concat_tables(regional)
-    days = [dt.date.fromisoformat(d) for d in pc.unique(fx_day(orders["event_ts"])).to_pylist()]
-    currencies = pc.unique(orders["currency"]).to_pylist()
-    pairs = [(c, d) for c in currencies for d in days]
+        files = landing.landed_files(landing_root, region, window.days)
+        by_day: dict[str, list[str]] = {d: [] for d in days}
+        for file in files:
+            by_day[landing.day_of(file)].append(file)
+        staged = regional_orders_frame(spark, files).repartition("day").persist()
+        verdicts = judge_days(
+            staged,
+            days,
+            landed={d: landing.record_count(by_day[d]) for d in days},
+            header_drift={d: None for d in days},
+            settings=settings,
+        )
+        uri = str(lake / "regional_orders" / region_key(region))
+        write_window(clean_frame(staged, verdicts), uri, window, REGIONAL_SCHEMA)
+        write_window(
+            quarantined_frame(staged, verdicts, "floor", dt.datetime.now(dt.UTC)),
+            str(lake / "quarantined_orders" / region_key(region)),
+            window,
+            QUARANTINE_SCHEMA,
+        )
+        staged.unpersist()
+        clean_rows[region] = per_day(uri, window)
+        quarantined[region] = {v.day: ",".join(v.failed_checks) for v in verdicts if v.branch == "quarantined"}
+    ready = [d for d in days if d not in held_days(days, REGIONS, clean_rows, quarantined)]
+    regional = functools.reduce(
+        DataFrame.unionByName,
+        [read_window(spark, str(lake / "regional_orders" / region_key(r)), REGIONAL_SCHEMA, window) for r in REGIONS],
+    ).where(F.col("day").isin(ready))
+    fx_days = [window.start + dt.timedelta(days=i) for i in range(-3, len(days))]  # late events: 3 days back
     rates = pa.table(
         {
-            "currency": [c for c, _ in pairs],
-            "fx_day": [d.isoformat() for _, d in pairs],
-            "usd_rate": [usd_rate(c, d) for c, d in pairs],
+            "currency": [c for c in currencies for _ in fx_days],
+            "fx_day": [d.isoformat() for _ in currencies for d in fx_days],
+            "usd_rate": [usd_rate(c, d) for c in currencies for d in fx_days],
         }
     )
-    global_orders = global_orders_table(regional, rates)
-    replace_window(str(lake / "global_orders"), global_orders, window)
-    replace_window(str(lake / "daily_revenue"), daily_revenue_table(global_orders), window)
+    write_window(global_orders_frame(regional, rates), str(lake / "global_orders"), window, GLOBAL_SCHEMA)
+    orders = read_window(spark, str(lake / "global_orders"), GLOBAL_SCHEMA, window)
+    write_window(daily_revenue_frame(orders), str(lake / "daily_revenue"), window, DAILY_REVENUE_SCHEMA)
 
 
-def measure(variant: str, days: int, orders_per_day: int) -> dict:
+def run_pyarrow(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
+    """Parse, deduplicate, convert, aggregate and write, a day at a time, with pyarrow alone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from pipeline_patterns.defs.partitions import REGIONS
+    from pipeline_patterns.lib import landing
+    from pipeline_patterns.lib.delta_writes import commit_staged
+    from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, fx_day, global_orders_table
+    from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, daily_revenue_table
+    from pipeline_patterns.lib.simulated_feed import usd_rate
+
+    text = pacsv.ConvertOptions(column_types={n: pa.string() for n in REGIONAL_SCHEMA.names})
+    skip = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+    number = r"^-?[0-9]+(\.[0-9]+)?$"
+
+    def instant(values):
+        return pc.strptime(values, format="%Y-%m-%dT%H:%M:%SZ", unit="us", error_is_null=True)
+
+    lake = data_dir / "lake"
+    staging = {"global_orders": "staged-pyarrow", "daily_revenue": "staged-pyarrow"}
+    for day in window.days:
+        parts = []
+        for region in REGIONS:
+            for file in landing.landed_files(landing_root, region, [day]):
+                raw = pacsv.read_csv(file, convert_options=text, parse_options=skip)
+                amount = pc.if_else(pc.match_substring_regex(raw["amount"], number), raw["amount"], None)
+                parts.append(
+                    pa.table(
+                        {
+                            "order_id": raw["order_id"],
+                            "user_id": raw["user_id"],
+                            "region": raw["region"],
+                            "amount": pc.cast(amount, pa.float64()),
+                            "currency": raw["currency"],
+                            "event_ts": pc.assume_timezone(instant(raw["event_ts"]), "UTC"),
+                            "batch_id": raw["batch_id"],
+                            "delivered_at": pc.assume_timezone(instant(raw["delivered_at"]), "UTC"),
+                            "day": pa.array([day.isoformat()] * raw.num_rows, pa.string()),
+                        },
+                        schema=REGIONAL_SCHEMA,
+                    )
+                )
+        orders = pa.concat_tables(parts).sort_by([("order_id", "ascending"), ("delivered_at", "descending")])
+        ids = orders["order_id"].combine_chunks()
+        first = pc.fill_null(pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)), True)
+        orders = orders.filter(pa.concat_arrays([pa.array([True]), first]))  # newest delivery of each order
+        orders = orders.filter(pc.and_(pc.is_valid(orders["amount"]), pc.is_valid(orders["event_ts"])))
+        pairs = pa.table({"currency": orders["currency"], "fx_day": fx_day(orders["event_ts"])})
+        pairs = pairs.group_by(["currency", "fx_day"]).aggregate([])
+        rates = pairs.append_column(
+            "usd_rate",
+            pa.array([usd_rate(c, dt.date.fromisoformat(d)) for c, d in zip(*pairs.to_pydict().values(), strict=True)]),
+        )
+        global_orders = global_orders_table([orders], rates)
+        for table_name, table in (
+            ("global_orders", global_orders),
+            ("daily_revenue", daily_revenue_table(global_orders)),
+        ):
+            folder = lake / table_name / staging[table_name] / f"day={day.isoformat()}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table.drop_columns(["day"]), folder / "part-0.parquet")
+    for table_name, schema in (("global_orders", GLOBAL_SCHEMA), ("daily_revenue", DAILY_REVENUE_SCHEMA)):
+        commit_staged(str(lake / table_name), staging[table_name], window, schema)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    variant: str
+    days: int
+    rows: int
+    wall_s: float
+    peak_rss_gib: float
+
+    @property
+    def rows_per_s(self) -> int:
+        return round(self.rows / self.wall_s)
+
+
+def measure(variant: str, landing_root: pathlib.Path, days: int, orders_per_day: int) -> Measured:
     import psutil
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as scratch:
@@ -110,8 +253,8 @@ def measure(variant: str, days: int, orders_per_day: int) -> dict:
             variant,
             "--days",
             str(days),
-            "--orders-per-day",
-            str(orders_per_day),
+            "--landing",
+            str(landing_root),
             "--data-dir",
             scratch,
         ]
@@ -126,7 +269,9 @@ def measure(variant: str, days: int, orders_per_day: int) -> dict:
             while not done.is_set():
                 try:
                     tree = [parent, *parent.children(recursive=True)]
-                    peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                    # PSS, not RSS: a forked Python worker (and a JVM mid-fork) shares pages with
+                    # its parent, which a sum of RSS would count twice
+                    peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
                 except psutil.Error:
                     pass  # a process of the tree ended between listing and reading it
                 time.sleep(0.2)
@@ -139,33 +284,46 @@ def measure(variant: str, days: int, orders_per_day: int) -> dict:
         sampler.join()
         if child.returncode != 0:
             raise RuntimeError(f"{variant} failed ({child.returncode}):\n{stderr[-3000:]}")
-    rows = days * 4 * orders_per_day
-    return {
-        "variant": variant,
-        "days": days,
-        "rows": rows,
-        "wall_s": round(wall, 1),
-        "rows_per_s": round(rows / wall),
-        "peak_rss_gib": round(peak / 2**30, 2),
-    }
+    return Measured(variant, days, days * 4 * orders_per_day, round(wall, 1), round(peak / 2**30, 2))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--days", type=int, nargs="+", default=[30, 90])
     parser.add_argument("--orders-per-day", type=int, default=5000, help="per region")
-    parser.add_argument("--run", choices=["dagster", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--landing", help="a landing zone to reuse (else a temporary one)")
+    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    first, last = REGIONS_FIRST_DAY, REGIONS_FIRST_DAY + dt.timedelta(days=args.days - 1)
     if args.run:
-        runner = run_dagster if args.run == "dagster" else run_floor
-        runner(pathlib.Path(args.data_dir), first, last, args.orders_per_day)
+        from pipeline_patterns.lib.day_window import DayWindow
+
+        window = DayWindow(FIRST_DAY, FIRST_DAY + dt.timedelta(days=args.days[0]))
+        runner = {"project": run_project, "spark": run_spark, "pyarrow": run_pyarrow}[args.run]
+        runner(pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
         return 0
-    results = [measure(variant, args.days, args.orders_per_day) for variant in ("floor", "dagster")]
-    for result in results:
-        print(json.dumps(result))
-    print(json.dumps({"days": args.days, "dagster_over_floor": round(results[1]["wall_s"] / results[0]["wall_s"], 2)}))
+    with tempfile.TemporaryDirectory(prefix="bench-landing-") as scratch:
+        landing_root = pathlib.Path(args.landing or scratch)
+        seconds = land_feed(landing_root, max(args.days), args.orders_per_day)
+        print(json.dumps({"landed_days": max(args.days), "landing_s": round(seconds, 1)}), flush=True)
+        for days in sorted(args.days):
+            results = {v: measure(v, landing_root, days, args.orders_per_day) for v in args.variants}
+            for result in results.values():
+                print(json.dumps({**dataclasses.asdict(result), "rows_per_s": result.rows_per_s}), flush=True)
+            if {"project", "spark", "pyarrow"} <= set(results):
+                project, spark, arrow = results["project"], results["spark"], results["pyarrow"]
+                print(
+                    json.dumps(
+                        {
+                            "days": days,
+                            "project_over_spark": round(project.wall_s / spark.wall_s, 2),
+                            "project_over_pyarrow": round(project.wall_s / arrow.wall_s, 2),
+                            "overhead_s": round(project.wall_s - spark.wall_s, 1),
+                        }
+                    ),
+                    flush=True,
+                )
     return 0
 
 

@@ -26,7 +26,7 @@ def spark_master() -> str:
 
 
 def spark_driver_memory() -> str:
-    return os.environ.get(SPARK_DRIVER_MEMORY_VAR) or "4g"
+    return os.environ.get(SPARK_DRIVER_MEMORY_VAR) or "1g"
 
 
 def feed_volume() -> int | None:

@@ -9,11 +9,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from pipeline_patterns.defs.assets.regional import header_drift
+from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
+from pipeline_patterns.defs.sources import FxRates
+from pipeline_patterns.lib import landing
+from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
-from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
+from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
+from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA, daily_revenue_table, regional_orders_frame
+from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS, QUARANTINE_SCHEMA, judge
 from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects
-from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize
+from pipeline_patterns_tests.helpers import TEST_MIN_ORDERS, TEST_ORDERS_PER_DAY, materialize
 
 pytestmark = pytest.mark.spark
 
@@ -166,3 +173,56 @@ def test_every_check_has_a_verdict_for_every_day_of_the_range(backfill):
 def _fails(check: str, region: str, day: str) -> bool:
     defects = set(region_day_defects(region, dt.date.fromisoformat(day), SETTINGS).defects)
     return {"user_id_not_null": "null_user_ids", "volume_within_bounds": "collapsed_volume"}[check] in defects
+
+
+AUDIT_FREE = [c for c in QUARANTINE_SCHEMA.names if c not in AUDIT_COLUMNS]
+
+
+def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark):
+    """The executor-written, driver-committed tables hold exactly what the simple path (every row
+    collected to Arrow, judged and converted in this process) computes from the same landing."""
+    data_dir, _, _ = backfill
+    landing_root = data_dir / "landing"
+    settings = QualityGates(min_orders_per_day=TEST_MIN_ORDERS).settings(FxRates().currencies())
+    window = DayWindow(dt.date.fromisoformat(DAYS[0]), dt.date.fromisoformat(DAYS[-1]) + dt.timedelta(days=1))
+    expected, clean_by_region, held = {}, [], set()
+    for region in REGIONS:
+        files = landing.landed_files(landing_root, region, window.days)
+        staged = regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
+        clean, quarantined = [], []
+        for day in DAYS:
+            rows = staged.filter(pc.equal(staged["day"], day))
+            day_files = [f for f in files if landing.day_of(f) == day]
+            verdict = judge(
+                day,
+                rows,
+                landed=landing.record_count(day_files),
+                header_drift=header_drift(day_files),
+                settings=settings,
+            )
+            kept = rows.drop_columns(["duplicates", "superseded"])
+            if verdict.branch == "processed":
+                clean.append(kept.select(REGIONAL_SCHEMA.names).cast(REGIONAL_SCHEMA))
+            else:
+                held.add(day)
+                n = kept.num_rows
+                quarantined.append(
+                    kept.append_column("failed_checks", pa.array([",".join(verdict.failed_checks)] * n, pa.string()))
+                    .append_column("reason", pa.array([verdict.reason] * n, pa.string()))
+                    .select(AUDIT_FREE)
+                    .cast(pa.schema([QUARANTINE_SCHEMA.field(c) for c in AUDIT_FREE]))
+                )
+        clean_table = pa.concat_tables([REGIONAL_SCHEMA.empty_table(), *clean])
+        clean_by_region.append(clean_table)
+        expected[f"regional_orders/{region_key(region)}"] = content_hash(clean_table)
+        expected[f"quarantined_orders/{region_key(region)}"] = content_hash(
+            pa.concat_tables([QUARANTINE_SCHEMA.empty_table().select(AUDIT_FREE), *quarantined])
+        )
+    regional = [t.filter(pc.invert(pc.is_in(t["day"], value_set=pa.array(sorted(held))))) for t in clean_by_region]
+    orders = pa.concat_tables(regional)
+    fx_days = sorted({dt.date.fromisoformat(d) for d in pc.unique(fx_day(orders["event_ts"])).to_pylist()})
+    global_orders = global_orders_table(regional, FxRates().rates(pc.unique(orders["currency"]).to_pylist(), fx_days))
+    expected["global_orders"] = content_hash(global_orders)
+    expected["daily_revenue"] = content_hash(daily_revenue_table(global_orders))
+    assert held == set(HELD)
+    assert hashes(data_dir) == expected

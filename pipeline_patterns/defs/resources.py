@@ -2,6 +2,7 @@
 infrastructure: local Spark and a local lake by default, a cluster and object storage by
 environment)."""
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,16 @@ from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib.spark_tables import spark_settings
 
+# The Python that Spark starts for the gates and the fan-in (they run in its workers) is this
+# one, with this project installed: PySpark otherwise starts whatever `python3` is on the PATH.
+# (PySpark reads only the environment variable for a local session; a cluster's executors need
+# the project installed in their own Python, see README "Scaling out".)
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
 
 def spark_config() -> dict[str, str]:
     return {
         **spark_settings(),
-        # the executors' Python (the gates and the fan-in run there) is this environment's
-        "spark.pyspark.python": sys.executable,
         "spark.master": environment.spark_master(),
         "spark.app.name": "pipeline_patterns",
         "spark.driver.memory": environment.spark_driver_memory(),

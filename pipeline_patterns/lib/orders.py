@@ -10,7 +10,7 @@ import datetime as dt
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline_patterns.lib import landing
@@ -73,33 +73,47 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
     # Deduplicate within a day only: the result of a day must not depend on which other days
     # share its run, or a range backfill and day-by-day runs would disagree.
     # Rows without an order_id are never merged with each other: each is kept (and quarantined).
+    # One hash aggregate per (day, order): the deliveries of an order (one or two, rarely more)
+    # collected and sorted, the newest first, which is cheaper than window functions (two sorts).
     order_key = F.coalesce("order_id", F.concat(F.lit("\u0000"), F.monotonically_increasing_id()))
-    group = Window.partitionBy("day", order_key)
-    # newest delivery first; ties broken on every column, so the kept row never depends on the
-    # order Spark reads the files in
-    latest_first = group.orderBy(
-        F.desc_nulls_last("delivered_at"),
-        F.desc_nulls_last("batch_id"),
-        *[F.asc_nulls_last(c) for c in ORDER_COLUMNS[1:]],
-        F.asc_nulls_last("parse_errors"),
-    )
     signature = F.concat_ws("\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in ORDER_COLUMNS])
-    errors = F.array_join(F.array_sort(F.collect_set(F.nullif("parse_errors", F.lit(""))).over(group)), ",")
-    return (
+    fields = [c for c in typed.columns if c != "day"]
+    deliveries = (
         typed.withColumn("_signature", signature)
-        .withColumn("_rank", F.row_number().over(latest_first))
-        .withColumn("_kept", F.first("_signature").over(latest_first))
-        .withColumn("_copies", F.sum(F.when(F.col("_signature") == F.col("_kept"), 1).otherwise(0)).over(group) - 1)
-        .withColumn("_deliveries", F.count(F.lit(1)).over(group))
-        .withColumn("parse_errors", errors)
-        .where("_rank = 1")
-        .select(
-            *[c for c in typed.columns if c != "parse_errors"],
-            "parse_errors",
-            F.col("_copies").cast("long").alias("duplicates"),
-            (F.col("_deliveries") - 1 - F.col("_copies")).cast("long").alias("superseded"),
-        )
+        .groupBy("day", order_key.alias("_key"))
+        .agg(F.collect_list(F.struct(*fields, "_signature")).alias("_d"))
+        .select("day", F.expr(f"array_sort(_d, {_NEWEST_FIRST})").alias("_d"))
     )
+    kept = F.col("_d")[0]
+    copies = F.expr("size(filter(_d, x -> x._signature = _d[0]._signature))")  # the kept row included
+    errors = "filter(transform(_d, x -> x.parse_errors), e -> e IS NOT NULL AND e != '')"
+    return deliveries.select(
+        *[kept[c].alias(c) for c in fields if c != "parse_errors"],
+        "day",
+        F.expr(f"array_join(array_sort(array_distinct({errors})), ',')").alias("parse_errors"),
+        (copies - 1).cast("long").alias("duplicates"),
+        (F.size("_d") - copies).cast("long").alias("superseded"),
+    )
+
+
+def _nulls_last(field: str, descending: bool = False) -> str:
+    before, after = ("-1", "1") if descending else ("1", "-1")
+    return (
+        f"WHEN l.{field} IS NULL AND r.{field} IS NOT NULL THEN 1 "
+        f"WHEN l.{field} IS NOT NULL AND r.{field} IS NULL THEN -1 "
+        f"WHEN l.{field} > r.{field} THEN {before} WHEN l.{field} < r.{field} THEN {after} "
+    )
+
+
+# Newest delivery first; ties broken on every column, so the kept row never depends on the order
+# Spark reads the files in.
+_NEWEST_FIRST = (
+    "(l, r) -> CASE "
+    + _nulls_last("delivered_at", descending=True)
+    + _nulls_last("batch_id", descending=True)
+    + "".join(_nulls_last(c) for c in [*ORDER_COLUMNS[1:], "parse_errors"])
+    + "ELSE 0 END"
+)
 
 
 # A whole ISO 8601 instant: Spark alone reads a cut-off '2024-01-02T1' as 01:00 and a bare date as
