@@ -132,12 +132,13 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
             settings=settings,
         )
         uri = str(lake / "regional_orders" / region_key(region))
-        write_window(clean_frame(staged, verdicts), uri, window, REGIONAL_SCHEMA)
+        write_window(clean_frame(staged, verdicts), uri, window, REGIONAL_SCHEMA, clustered=True)
         write_window(
             quarantined_frame(staged, verdicts, "floor", dt.datetime.now(dt.UTC)),
             str(lake / "quarantined_orders" / region_key(region)),
             window,
             QUARANTINE_SCHEMA,
+            clustered=True,
         )
         staged.unpersist()
         clean_rows[region] = per_day(uri, window)

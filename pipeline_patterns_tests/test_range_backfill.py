@@ -19,7 +19,7 @@ from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA, daily_revenue_table, regional_orders_frame
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS, QUARANTINE_SCHEMA, judge
-from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects
+from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects, usd_rate
 from pipeline_patterns_tests.helpers import TEST_MIN_ORDERS, TEST_ORDERS_PER_DAY, materialize
 
 pytestmark = pytest.mark.spark
@@ -220,8 +220,17 @@ def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark)
         )
     regional = [t.filter(pc.invert(pc.is_in(t["day"], value_set=pa.array(sorted(held))))) for t in clean_by_region]
     orders = pa.concat_tables(regional)
-    fx_days = sorted({dt.date.fromisoformat(d) for d in pc.unique(fx_day(orders["event_ts"])).to_pylist()})
-    global_orders = global_orders_table(regional, FxRates().rates(pc.unique(orders["currency"]).to_pylist(), fx_days))
+    pairs = sorted(
+        {(c, d) for c, d in zip(orders["currency"].to_pylist(), fx_day(orders["event_ts"]).to_pylist(), strict=True)}
+    )
+    rates = pa.table(
+        {
+            "currency": [c for c, _ in pairs],
+            "fx_day": [d for _, d in pairs],
+            "usd_rate": [usd_rate(c, dt.date.fromisoformat(d)) for c, d in pairs],  # what FxRates serves
+        }
+    )
+    global_orders = global_orders_table(regional, rates)
     expected["global_orders"] = content_hash(global_orders)
     expected["daily_revenue"] = content_hash(daily_revenue_table(global_orders))
     assert held == set(HELD)

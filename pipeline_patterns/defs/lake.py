@@ -81,6 +81,7 @@ class Lake(dg.ConfigurableResource):
         *,
         rows_per_day: dict[str, int] | None = None,
         not_null: tuple[str, ...] = (),
+        clustered: bool = False,
     ) -> WriteResult:
         """Replace exactly `window` of the asset's table with `frame`'s rows in one transaction
         carrying the run id: Spark's executors write the files, this process checks and commits
@@ -92,6 +93,7 @@ class Lake(dg.ConfigurableResource):
             schema,
             rows_per_day=rows_per_day,
             not_null=not_null,
+            clustered=clustered,
             commit_metadata=commit_metadata(key, run_id, str(window)),
             storage_options=self.options(),
         )

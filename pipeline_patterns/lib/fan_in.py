@@ -69,13 +69,21 @@ def global_orders_frame(regional: DataFrame, rates: pa.Table) -> DataFrame:
     return regional.select(REGIONAL_SCHEMA.names).mapInArrow(convert, from_arrow_schema(GLOBAL_SCHEMA))
 
 
+_REVENUE_INPUT = pa.schema([GLOBAL_SCHEMA.field(c) for c in ("day", "region", "order_id", "user_id", "amount_usd")])
+
+
 def daily_revenue_frame(global_orders: DataFrame) -> DataFrame:
-    """`daily_revenue_table` on the executors, one day of global orders at a time."""
+    """`daily_revenue_table` on the executors, one day of global orders (the columns it reads
+    only) at a time."""
 
     def revenue(table: pa.Table) -> pa.Table:
-        return daily_revenue_table(table.cast(GLOBAL_SCHEMA))
+        return daily_revenue_table(table.select(_REVENUE_INPUT.names).cast(_REVENUE_INPUT))
 
-    return global_orders.groupBy("day").applyInArrow(revenue, from_arrow_schema(DAILY_REVENUE_SCHEMA))
+    return (
+        global_orders.select(_REVENUE_INPUT.names)
+        .groupBy("day")
+        .applyInArrow(revenue, from_arrow_schema(DAILY_REVENUE_SCHEMA))
+    )
 
 
 def held_days(

@@ -49,16 +49,18 @@ def write_window(
     not_null: Sequence[str] = (),
     commit_metadata: Mapping[str, str] | None = None,
     storage_options: Mapping[str, str] | None = None,
+    clustered: bool = False,
 ) -> WriteResult:
     """Replace exactly `window` of the Delta table at `uri` with `frame`'s rows (columns as
     `schema`), in one transaction: the executors write, this process commits (`commit_staged`,
-    which checks the files first). One file per day (the rows of a day are one task's)."""
+    which checks the files first). One file per day: the rows of a day are brought to one task,
+    unless `clustered` says they already are (`frame.repartition(partition_column)` upstream)."""
     typed = frame.select(
         [F.col(f.name).cast(spark_field.dataType) for f, spark_field in zip(schema, spark_schema(schema), strict=True)]
     )
     staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     (
-        typed.repartition(partition_column)
+        (typed if clustered else typed.repartition(partition_column))
         .write.partitionBy(partition_column)
         .parquet(f"{uri.rstrip('/')}/{staging}", compression="snappy")
     )

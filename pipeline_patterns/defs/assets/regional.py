@@ -128,6 +128,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 REGIONAL_SCHEMA,
                 rows_per_day={d.day: d.clean_rows for d in region_days},
                 not_null=CLEAN_NOT_NULL,
+                clustered=True,
             )
             quarantined = lake.write(
                 quarantined_key,
@@ -136,6 +137,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 run_id,
                 QUARANTINE_SCHEMA,
                 rows_per_day={d.day: d.quarantined_rows for d in region_days},
+                clustered=True,
             )
         finally:
             staged.unpersist()
