@@ -9,6 +9,9 @@ patterns) tools to inspect and prove the pipeline's guarantees.
     pipeline-patterns verify-idempotency --start 2024-01-01 --end 2024-01-31
                                                  replay a range from the landing zone, compare
                                                  with the live tables
+    pipeline-patterns lake vacuum [--retention-hours 168] [--apply]
+                                                 the lake's unreferenced files: old versions'
+                                                 and those of writers killed before their commit
 
 Output is meant for pipes: a reader that stops early (`| head -1`) ends the command quietly.
 """
@@ -96,6 +99,32 @@ def verify_idempotency(args: argparse.Namespace) -> int:
     return 0 if identical else 1
 
 
+def lake_vacuum(args: argparse.Namespace) -> int:
+    """One JSON line per Delta table of the lake: the files a full vacuum removes (lists them
+    unless --apply). Staged folders in a folder that never became a table (its first writer was
+    killed before committing) are removed too, once older than the retention."""
+    import shutil
+    import time
+
+    from pipeline_patterns.lib.delta_writes import STAGING_PREFIX, vacuum_orphans
+
+    lake = environment.data_dir() / "lake"
+    tables = sorted(log.parent for log in lake.rglob("_delta_log"))
+    for table in tables:
+        files = vacuum_orphans(str(table), args.retention_hours, dry_run=not args.apply)
+        print(json.dumps({"table": str(table.relative_to(lake)), "files": len(files), "removed": args.apply}))
+    cutoff = time.time() - args.retention_hours * 3600
+    for staged in sorted(lake.rglob(f"{STAGING_PREFIX}*")):
+        if staged.is_dir() and not (staged.parent / "_delta_log").exists() and staged.stat().st_mtime <= cutoff:
+            count = sum(1 for f in staged.rglob("*") if f.is_file())
+            if args.apply:
+                shutil.rmtree(staged)
+            print(json.dumps({"uncommitted": str(staged.relative_to(lake)), "files": count, "removed": args.apply}))
+    if not tables:
+        print(f"no Delta table under {lake}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="pipeline-patterns", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -145,6 +174,25 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--start", type=_day, required=True, help="first day, YYYY-MM-DD")
     verify.add_argument("--end", type=_day, required=True, help="last day (inclusive), YYYY-MM-DD")
     verify.set_defaults(handler=verify_idempotency)
+
+    lake = commands.add_parser("lake", help="maintain the Delta lake")
+    lake_commands = lake.add_subparsers(dest="lake_command", required=True)
+    vacuum = lake_commands.add_parser(
+        "vacuum",
+        help="remove files no kept table version references (a full vacuum): old versions' files, and "
+        "the staged files of writers killed before their commit",
+        description=(
+            "A write stages its Parquet files inside the table's folder and commits them in one transaction; "
+            "a writer killed before its commit leaves its files unreferenced (readers never see them). A "
+            "default Delta vacuum never removes such files; this full vacuum does, for every table of "
+            "$PIPELINE_PATTERNS_DATA_DIR/lake, once they are older than --retention-hours. Keep the retention "
+            "above your longest run, or a running writer's staged files are taken; versions older than it can "
+            "no longer be read (time travel, restore). Dry run unless --apply."
+        ),
+    )
+    vacuum.add_argument("--retention-hours", type=int, default=168, help="keep files younger than this (default 168)")
+    vacuum.add_argument("--apply", action="store_true", help="delete the files (default: only count them)")
+    vacuum.set_defaults(handler=lake_vacuum)
     return root
 
 

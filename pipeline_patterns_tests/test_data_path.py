@@ -3,6 +3,7 @@ before its commit leaves, how concurrent writers of overlapping windows end, and
 exactly a table's snapshot."""
 
 import datetime as dt
+import json
 import os
 import threading
 
@@ -11,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from pipeline_patterns.lib import spark_tables
+from pipeline_patterns import cli
+from pipeline_patterns.lib import delta_writes, spark_tables
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import (
     RefusedCommit,
@@ -85,7 +87,7 @@ def test_staged_files_become_one_version_that_replaces_exactly_the_window(tmp_pa
     [
         ("outside", "outside 2024-01-02"),
         ("schema", "are not the table's"),
-        ("nulls", "nulls in the required columns"),
+        ("nulls", r"nulls \(or no null count\) in the required columns"),
         ("rows", "staged rows differ"),
         ("corrupt", "not a readable Parquet file"),
     ],
@@ -167,6 +169,43 @@ def test_concurrent_writers_of_overlapping_windows_end_as_one_clean_copy(tmp_pat
     assert content_hash(read_table(uri)) == content_hash(rows(days(0, 4), "same"))
 
 
+def test_writers_that_both_saw_the_window_empty_still_end_as_one_copy(tmp_path, monkeypatch):
+    """Both commit from the same snapshot, in which the overlap days have no file yet: delta-rs
+    alone would accept both (two copies); the app transaction makes the second one conflict."""
+    uri = str(tmp_path / "t")
+    committed(uri, "staged-0", rows(days(0, 1), "seed"), days(0, 1))
+    both_opened = threading.Barrier(2)
+    raced: set[int] = set()
+
+    class Racing(DeltaTable):
+        def create_write_transaction(self, *args, **kwargs):
+            if threading.get_ident() not in raced:  # the first attempt of each writer: in lockstep
+                raced.add(threading.get_ident())
+                both_opened.wait(timeout=10)
+            return super().create_write_transaction(*args, **kwargs)
+
+    monkeypatch.setattr(delta_writes, "DeltaTable", Racing)
+    windows = {"a": days(1, 2), "b": days(2, 2)}
+    for name, window in windows.items():
+        stage(uri, f"staged-{name}", rows(window, "same"))
+    errors: list[BaseException] = []
+
+    def commit(name: str) -> None:
+        try:
+            commit_staged(uri, f"staged-{name}", windows[name], SCHEMA)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=commit, args=(name,)) for name in windows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    expected = pa.concat_tables([rows(days(0, 1), "seed"), rows(days(1, 3), "same")])
+    assert content_hash(read_table(uri)) == content_hash(expected)
+
+
 @pytest.mark.spark
 def test_spark_reads_exactly_the_snapshot_not_the_folder(spark, tmp_path):
     uri = str(tmp_path / "t")
@@ -180,3 +219,31 @@ def test_spark_reads_exactly_the_snapshot_not_the_folder(spark, tmp_path):
         rows(days(0, 3), "v0")
     )
     assert read_window(spark, str(tmp_path / "none"), SCHEMA).count() == 0
+
+
+def test_lake_vacuum_lists_then_removes_a_killed_writers_files(tmp_path, monkeypatch, capsys):
+    uri = str(tmp_path / "lake" / "global_orders")
+    committed(uri, "staged-a", rows(days(0, 2), "kept"), days(0, 2))
+    stage(uri, "staged-killed", rows(days(0, 2), "never-committed"))  # its writer died before committing
+    kept = content_hash(read_table(uri))
+    monkeypatch.setenv("PIPELINE_PATTERNS_DATA_DIR", str(tmp_path))
+    assert cli.main(["lake", "vacuum", "--retention-hours", "0"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"table": "global_orders", "files": 2, "removed": False}
+    assert os.listdir(f"{uri}/staged-killed/day=2024-01-01")
+    assert cli.main(["lake", "vacuum", "--retention-hours", "0", "--apply"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] is True
+    assert not os.path.exists(f"{uri}/staged-killed/day=2024-01-01/part-0.parquet")
+    assert content_hash(read_table(uri)) == kept
+
+
+def test_lake_vacuum_removes_the_files_of_a_table_whose_first_writer_never_committed(tmp_path, monkeypatch, capsys):
+    uri = str(tmp_path / "lake" / "daily_revenue")
+    stage(uri, "staged-killed", rows(days(0, 1), "never-committed"))
+    monkeypatch.setenv("PIPELINE_PATTERNS_DATA_DIR", str(tmp_path))
+    assert cli.main(["lake", "vacuum", "--retention-hours", "0", "--apply"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "uncommitted": "daily_revenue/staged-killed",
+        "files": 1,
+        "removed": True,
+    }
+    assert not os.path.exists(f"{uri}/staged-killed")

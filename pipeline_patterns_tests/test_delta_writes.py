@@ -27,11 +27,11 @@ def window(first_day: int, days: int = 1) -> DayWindow:
     return DayWindow(start, start + dt.timedelta(days=days))
 
 
-def test_day_window_days_chunks_and_predicate():
+def test_day_window_days_and_predicate():
     w = DayWindow(dt.date(2024, 1, 30), dt.date(2024, 2, 3))
     assert [d.isoformat() for d in w.days] == ["2024-01-30", "2024-01-31", "2024-02-01", "2024-02-02"]
     assert w.predicate("day") == "day >= '2024-01-30' AND day < '2024-02-03'"
-    assert [str(c) for c in w.chunks(3)] == ["2024-01-30...2024-02-01", "2024-02-02"]
+    assert str(w) == "2024-01-30...2024-02-02"
     with pytest.raises(ValueError, match="empty day window"):
         DayWindow(JAN, JAN)
 

@@ -41,14 +41,6 @@ class DayWindow:
     def days(self) -> list[dt.date]:
         return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days)]
 
-    def chunks(self, days_per_chunk: int) -> list["DayWindow"]:
-        """Consecutive sub-windows of at most `days_per_chunk` days, covering the window."""
-        days = self.days
-        return [
-            DayWindow(days[i], min(days[i] + dt.timedelta(days=days_per_chunk), self.end))
-            for i in range(0, len(days), days_per_chunk)
-        ]
-
     def __str__(self) -> str:
         last = self.end - dt.timedelta(days=1)
         return self.start.isoformat() if last == self.start else f"{self.start}...{last}"

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
@@ -130,6 +130,12 @@ class RefusedCommit(ValueError):
     """Staged files that must not be committed (outside the window, wrong schema, rows missing)."""
 
 
+WRITE_ID_KEY = "pipeline_patterns_write_id"
+"""Commit metadata naming the staging folder a commit published: how a writer finds its own
+version, and knows after an ambiguous error whether its commit happened."""
+_WRITERS_APP_ID = "pipeline_patterns.window_writes"
+
+
 def commit_staged(
     uri: str,
     staging: str,
@@ -143,19 +149,27 @@ def commit_staged(
     storage_options: Mapping[str, str] | None = None,
     attempts: int = 5,
 ) -> WriteResult:
-    """Commit the Parquet files under `<uri>/<staging>` (partitioned `day=<day>/`, written by
+    """Commit the Parquet files under `<uri>/<staging>/<partition_column>=<day>/` (written by
     Spark or anyone) as ONE transaction that replaces exactly `window` of the table, creating the
     table (partitioned by `partition_column`) on first write.
 
-    Checked before committing, since delta-rs checks none of it: each file is a readable Parquet
-    file of the listed size whose columns are `schema`'s (the partition column aside) with the
-    same types; its day lies inside the window; `not_null` columns hold no null; and the rows per
-    day equal `rows_per_day` when given (days absent there must have no file). A refusal deletes
-    the staged files and raises `RefusedCommit`. A commit that loses a race to a concurrent
-    writer is rebuilt on the new snapshot and tried again, so the window ends as one copy.
+    Checked before committing, since delta-rs checks none of it: the table's schema is `schema`;
+    each file sits at `<staging>/<partition_column>=<a day of the window>/`, is a readable
+    Parquet file of the listed size whose columns are `schema`'s (the partition column aside)
+    with the same types; `not_null` columns hold no null; and the rows per day equal
+    `rows_per_day` when given (days absent there must have no file). A refusal deletes the
+    staged files and raises `RefusedCommit`.
+
+    Concurrent writers: every commit also records an app transaction under one app id, so a
+    commit built on a snapshot that another commit has since superseded fails (delta-rs would
+    otherwise accept two writers adding to the same empty days: duplicates) and is rebuilt on the
+    new snapshot, which it then replaces: overlapping windows end as one copy.
     """
     filesystem, root = pafs.FileSystem.from_uri(uri)
+    options = dict(storage_options or {})
+    delta_schema = Schema.from_arrow(schema)
     try:
+        _check_table_schema(uri, options, delta_schema, partition_column)
         adds, rows = _staged_actions(filesystem, root, staging, window, schema, partition_column, not_null)
         if rows_per_day is not None:
             expected = {d: n for d, n in rows_per_day.items() if n}
@@ -169,14 +183,18 @@ def commit_staged(
         filesystem.delete_dir_contents(f"{root}/{staging}", missing_dir_ok=True)
         filesystem.delete_dir(f"{root}/{staging}")
         raise
-    properties = CommitProperties(custom_metadata=dict(commit_metadata or {}))
-    delta_schema = Schema.from_arrow(schema)
-    options = dict(storage_options or {})
+    metadata = {**(commit_metadata or {}), WRITE_ID_KEY: staging}
     for attempt in range(attempts):
         try:
             table = DeltaTable(uri, storage_options=options)
         except TableNotFoundError:
-            try:
+            table = None
+        properties = CommitProperties(
+            custom_metadata=metadata,
+            app_transactions=[Transaction(app_id=_WRITERS_APP_ID, version=(table.version() if table else -1) + 1)],
+        )
+        try:
+            if table is None:
                 create_table_with_add_actions(
                     uri,
                     delta_schema,
@@ -186,29 +204,61 @@ def commit_staged(
                     storage_options=options,
                     commit_properties=properties,
                 )
+            else:
+                actions: list[AddAction | RemoveAction] = list(adds)
+                table.create_write_transaction(
+                    actions,
+                    mode="overwrite",
+                    schema=delta_schema,
+                    partition_by=[partition_column],
+                    partition_filters=[
+                        (partition_column, ">=", window.start.isoformat()),
+                        (partition_column, "<", window.end.isoformat()),
+                    ],
+                    commit_properties=properties,
+                )
+        except Exception as error:
+            # a lost race (a concurrent commit, or another writer created the table first) is
+            # retried on the new snapshot; an error after which our commit exists is success
+            if _version_of(uri, options, staging) is not None:
                 break
-            except Exception:  # another writer created the table first: commit into it
-                if attempt == attempts - 1:
-                    raise
-                continue
-        try:
-            table.create_write_transaction(
-                list[AddAction | RemoveAction](adds),
-                mode="overwrite",
-                schema=delta_schema,
-                partition_by=[partition_column],
-                partition_filters=[
-                    (partition_column, ">=", window.start.isoformat()),
-                    (partition_column, "<", window.end.isoformat()),
-                ],
-                commit_properties=properties,
-            )
-            break
-        except CommitFailedError:
-            if attempt == attempts - 1:
+            lost_race = isinstance(error, CommitFailedError) or (table is None and _exists(uri, options))
+            if not lost_race or attempt == attempts - 1:
                 raise
-    version = DeltaTable(uri, storage_options=options).version()
+            continue
+        break
+    version = _version_of(uri, options, staging)
+    if version is None:
+        raise RuntimeError(f"committed {staging} to {uri} but no version records it: inspect DeltaTable.history()")
     return WriteResult(table_uri=uri, version=version, rows=sum(rows.values()))
+
+
+def _exists(uri: str, options: dict[str, str]) -> bool:
+    return table_version(uri, storage_options=options) is not None
+
+
+def _version_of(uri: str, options: dict[str, str], staging: str) -> int | None:
+    """The version whose commit published `staging`, if any (searched among the latest commits)."""
+    try:
+        history = DeltaTable(uri, storage_options=options).history(50)
+    except TableNotFoundError:
+        return None
+    return next((int(h["version"]) for h in history if h.get(WRITE_ID_KEY) == staging), None)
+
+
+def _check_table_schema(uri: str, options: dict[str, str], schema: Schema, partition_column: str) -> None:
+    """An existing table must already have `schema`: an overwrite commit with another schema
+    would silently rewrite the whole table's schema while its other days keep the old files."""
+    try:
+        table = DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        return
+    if table.schema().to_json() != schema.to_json() or table.metadata().partition_columns != [partition_column]:
+        raise RefusedCommit(
+            f"refusing to commit to {uri}: the table's schema {table.schema().to_json()} (partitioned by "
+            f"{table.metadata().partition_columns}) is not the writer's {schema.to_json()} (by {partition_column}); "
+            "rebuild the table (delete its folder and backfill) or migrate it before writing with the new schema"
+        )
 
 
 def _staged_actions(
@@ -222,16 +272,21 @@ def _staged_actions(
 ) -> tuple[list[AddAction], dict[str, int]]:
     data_fields = [f for f in schema if f.name != partition_column]
     expected_types = [(f.name, f.type) for f in data_fields]
+    window_days = {d.isoformat() for d in window.days}
     listed = filesystem.get_file_info(pafs.FileSelector(f"{root}/{staging}", recursive=True, allow_not_found=True))
     adds: list[AddAction] = []
     rows: dict[str, int] = {}
     for info in sorted(listed, key=lambda i: i.path):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-            continue  # Spark's _SUCCESS marker, folders
         relative = info.path[len(root) + 1 :]
-        marker = f"/{partition_column}="
-        day = relative.split(marker, 1)[1].split("/", 1)[0] if marker in relative else None
-        if day is None or not (window.start.isoformat() <= day < window.end.isoformat()):
+        parts = relative.split("/")
+        if info.type != pafs.FileType.File or any(p.startswith(("_", ".")) for p in parts):
+            continue  # folders; Spark's _SUCCESS and _temporary (unfinished task attempts), hidden files
+        if len(parts) != 3 or not parts[1].startswith(f"{partition_column}=") or not parts[2].endswith(".parquet"):
+            raise RefusedCommit(
+                f"refusing to commit {relative}: not a {staging}/{partition_column}=<day>/*.parquet file"
+            )
+        day = parts[1].split("=", 1)[1]
+        if day not in window_days:
             raise RefusedCommit(f"refusing to commit {relative}: its {partition_column} {day!r} is outside {window}")
         with filesystem.open_input_file(info.path) as handle:  # a truncated file has no footer: refused
             try:
@@ -244,9 +299,11 @@ def _staged_actions(
                 f"refusing to commit {relative}: its columns {found} are not the table's {expected_types}"
             )
         stats = _stats(metadata, data_fields)
-        nulls = [c for c in not_null if stats["nullCount"].get(c)]
+        nulls = [c for c in not_null if stats["nullCount"].get(c, 1)]  # an unknown count is not a zero
         if nulls:
-            raise RefusedCommit(f"refusing to commit {relative}: nulls in the required columns {nulls}")
+            raise RefusedCommit(
+                f"refusing to commit {relative}: nulls (or no null count) in the required columns {nulls}"
+            )
         rows[day] = rows.get(day, 0) + metadata.num_rows
         adds.append(
             AddAction(

@@ -2,8 +2,9 @@
 revenue aggregates in Arrow (the fan-in itself is `fan_in.py`).
 
 Spark does the heavy part (parsing every landed file, deduplicating deliveries); the aggregates
-are group-bys over already clean rows, which Arrow does in milliseconds without a round trip
-through the JVM.
+are group-bys over already clean rows, written once in Arrow: the daily revenue runs a day at a
+time in Spark's Python workers (`fan_in.daily_revenue_frame`), the monthly and trailing ones over
+the few rows a day of `daily_revenue` in the run's process.
 """
 
 import datetime as dt
@@ -143,12 +144,6 @@ STAGED_SCHEMA = pa.schema(
 )
 
 
-def regional_orders_table(spark: SparkSession, files: list[str]) -> pa.Table:
-    """The deduplicated orders as Arrow, staged for the gates: with `parse_errors` (which fields of
-    which delivery did not parse), `duplicates` and `superseded` per kept order."""
-    return regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
-
-
 def _cents(dollars: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(pc.round(pc.multiply(dollars, 100)), pa.int64())
 
@@ -228,14 +223,3 @@ def revenue_summary_table(daily_revenue: pa.Table, days: int = 30) -> pa.Table:
         )
         .sort_by("region")
     )
-
-
-def split_by_day(table: pa.Table) -> dict[str, pa.Table]:
-    """The rows of each day, by one sort and zero-copy slices (not one filter per day, which
-    scans the whole range once for every day of it)."""
-    table = table.sort_by("day")
-    by_day, offset = {}, 0
-    for entry in pc.value_counts(table["day"]).to_pylist():  # in order of appearance: sorted
-        by_day[entry["values"]] = table.slice(offset, entry["counts"])
-        offset += entry["counts"]
-    return by_day

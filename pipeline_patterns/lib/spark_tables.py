@@ -8,8 +8,7 @@ of their own inside the table's folder (invisible to readers until committed); t
 `delta_writes.commit_staged` checks those files and commits them as ONE transaction that replaces
 the window. The rows never pass through the driver. A read is the Parquet files the snapshot
 lists, never the table's folder (which also holds old versions' and uncommitted files).
-The session needs `spark_settings()` (micro-second timestamps with min/max statistics; `day`
-read back as a string).
+The session needs `spark_settings()` (micro-second timestamps, which carry min/max statistics).
 """
 
 import uuid
@@ -29,8 +28,6 @@ def spark_settings() -> dict[str, str]:
     return {
         # INT96, Spark's default, carries no min/max statistics and is not Delta's timestamp type
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        # `day=2024-01-02` would otherwise come back as a date
-        "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
     }
 
 

@@ -49,7 +49,7 @@ DAILY_REVENUE = dg.AssetKey("daily_revenue")
 # Days of rates asked of the FX service per call: a year of backfill is 12 calls, not 365.
 DAYS_PER_FX_CALL = 31
 # What a global order always has; checked on the files before they are committed.
-GLOBAL_NOT_NULL = ("order_id", "region", "amount", "currency", "event_ts", "usd_rate", "amount_usd", "day")
+GLOBAL_NOT_NULL = ("order_id", "region", "amount", "currency", "event_ts", "usd_rate", "amount_usd")
 
 
 @dg.multi_asset(
@@ -120,7 +120,14 @@ def global_orders_and_daily_revenue(
         ready = [d for d in days if d not in held]
     if DAILY_REVENUE in context.selected_asset_keys:
         orders = lake.frame(session, GLOBAL_ORDERS, GLOBAL_SCHEMA, window).where(F.col("day").isin(ready))
-        written = lake.write(DAILY_REVENUE, daily_revenue_frame(orders), window, run_id, DAILY_REVENUE_SCHEMA)
+        written = lake.write(
+            DAILY_REVENUE,
+            daily_revenue_frame(orders),
+            window,
+            run_id,
+            DAILY_REVENUE_SCHEMA,
+            not_null=("region", "orders", "revenue_usd", "distinct_users"),
+        )
         yield from day_materializations(lake, DAILY_REVENUE, written, window, ready, {})
     if held:
         lines = [f"{day}: {'; '.join(reasons)}" for day, reasons in held.items()]

@@ -32,7 +32,7 @@ from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, RegionDay, clean
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
 # What the gates guarantee of a clean row; checked again on the files before they are committed.
-CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at", "day")
+CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at")
 
 
 def regional_key(region: str) -> dg.AssetKey:
