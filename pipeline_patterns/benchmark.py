@@ -235,7 +235,7 @@ class Measured:
     days: int
     rows: int
     wall_s: float
-    peak_rss_gib: float
+    peak_pss_gib: float
 
     @property
     def rows_per_s(self) -> int:
@@ -269,7 +269,13 @@ def measure(variant: str, landing_root: pathlib.Path, days: int, orders_per_day:
             parent = psutil.Process(child.pid)
             while not done.is_set():
                 try:
-                    tree = [parent, *parent.children(recursive=True)]
+                    # a JVM caught mid-spawn of a Python worker shows as a second `java` sharing
+                    # its memory: not a process of its own
+                    tree = [
+                        p
+                        for p in [parent, *parent.children(recursive=True)]
+                        if not (p.name() == "java" and p.parent() is not None and p.parent().name() == "java")
+                    ]
                     # PSS, not RSS: a forked Python worker (and a JVM mid-fork) shares pages with
                     # its parent, which a sum of RSS would count twice
                     peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
