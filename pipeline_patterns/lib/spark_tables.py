@@ -31,10 +31,6 @@ def spark_settings() -> dict[str, str]:
     }
 
 
-def spark_schema(schema: pa.Schema):
-    return from_arrow_schema(schema)
-
-
 def write_window(
     frame: DataFrame,
     uri: str,
@@ -53,7 +49,10 @@ def write_window(
     which checks the files first). One file per day: the rows of a day are brought to one task,
     unless `clustered` says they already are (`frame.repartition(partition_column)` upstream)."""
     typed = frame.select(
-        [F.col(f.name).cast(spark_field.dataType) for f, spark_field in zip(schema, spark_schema(schema), strict=True)]
+        [
+            F.col(f.name).cast(spark_field.dataType)
+            for f, spark_field in zip(schema, from_arrow_schema(schema), strict=True)
+        ]
     )
     staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     (
@@ -90,8 +89,8 @@ def read_window(
         uri, window, partition_column=partition_column, version=version, storage_options=storage_options
     )
     if not files:
-        return spark.createDataFrame([], spark_schema(schema))
-    data_schema = spark_schema(pa.schema([f for f in schema if f.name != partition_column]))
+        return spark.createDataFrame([], from_arrow_schema(schema))
+    data_schema = from_arrow_schema(pa.schema([f for f in schema if f.name != partition_column]))
     frame = (
         spark.read.schema(data_schema)
         .parquet(*files)
