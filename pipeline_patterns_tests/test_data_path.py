@@ -67,6 +67,26 @@ def committed(uri: str, name: str, table: pa.Table, window: DayWindow, **kwargs)
     commit_staged(uri, name, window, SCHEMA, **kwargs)
 
 
+def commit_concurrently(uri: str, windows: dict[str, DayWindow], before=lambda: None) -> list[BaseException]:
+    """Commit `staged-<name>` for each window from a thread of its own (each calling `before`
+    first); the errors raised."""
+    errors: list[BaseException] = []
+
+    def commit(name: str) -> None:
+        before()
+        try:
+            commit_staged(uri, f"staged-{name}", windows[name], SCHEMA)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=commit, args=(name,)) for name in windows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def test_staged_files_become_one_version_that_replaces_exactly_the_window(tmp_path):
     uri = str(tmp_path / "t")
     committed(uri, "staged-a", rows(days(0, 3), "old"), days(0, 3))
@@ -151,21 +171,7 @@ def test_concurrent_writers_of_overlapping_windows_end_as_one_clean_copy(tmp_pat
     for name, window in windows.items():
         stage(uri, f"staged-{name}", rows(window, "same"))
     start = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def commit(name: str) -> None:
-        start.wait()
-        try:
-            commit_staged(uri, f"staged-{name}", windows[name], SCHEMA)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=commit, args=(name,)) for name in windows]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert commit_concurrently(uri, windows, before=start.wait) == []
     assert content_hash(read_table(uri)) == content_hash(rows(days(0, 4), "same"))
 
 
@@ -188,20 +194,7 @@ def test_writers_that_both_saw_the_window_empty_still_end_as_one_copy(tmp_path, 
     windows = {"a": days(1, 2), "b": days(2, 2)}
     for name, window in windows.items():
         stage(uri, f"staged-{name}", rows(window, "same"))
-    errors: list[BaseException] = []
-
-    def commit(name: str) -> None:
-        try:
-            commit_staged(uri, f"staged-{name}", windows[name], SCHEMA)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=commit, args=(name,)) for name in windows]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert commit_concurrently(uri, windows) == []
     expected = pa.concat_tables([rows(days(0, 1), "seed"), rows(days(1, 3), "same")])
     assert content_hash(read_table(uri)) == content_hash(expected)
 
