@@ -72,13 +72,14 @@ def materialize(
     selection: str | list[str] | dg.AssetSelection | None = None,
     raise_on_error: bool = True,
     resources: dict[str, object] | None = None,
+    tags: dict[str, str] | None = None,
     **source_config,
 ) -> dg.ExecuteInProcessResult:
     """Materialize the daily graph (or `selection`) for one partition, or a range [first, last]
     in ONE run, as a backfill does."""
-    tags = {}
+    tags = dict(tags or {})
     if first:
-        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     return dg.materialize(
         all_assets(),
         selection=selection or "*daily_revenue",

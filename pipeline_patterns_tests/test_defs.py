@@ -128,6 +128,7 @@ def test_the_daily_schedule_and_the_sensors_run_by_default():
     assert {(s.name, s.default_status) for s in defs.sensors} == {
         ("aggregates_follow_days", dg.DefaultSensorStatus.RUNNING),
         ("notify_run_failure", dg.DefaultSensorStatus.RUNNING),
+        ("heal_failed_days", dg.DefaultSensorStatus.RUNNING),
     }
     assert defs.resolve_job_def("daily_orders").partitions_def == dg.DailyPartitionsDefinition(start_date="2024-01-01")
 
@@ -142,6 +143,7 @@ def test_the_instance_config_loads_with_its_run_limit_and_one_writer_per_pool(tm
     shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         config = instance.get_concurrency_config()
+        assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds == 180
     assert config.run_queue_config.max_concurrent_runs == 2
     assert config.pool_config.default_pool_limit == 1
     pools = {a.op.pool for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.op.pool}

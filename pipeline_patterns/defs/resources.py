@@ -15,6 +15,7 @@ from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
 from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
+from pipeline_patterns.defs.self_healing import HealingPolicy
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib.spark_tables import spark_settings
 
@@ -62,6 +63,7 @@ def build_resources(data_dir: Path) -> dict[str, object]:
         ),
         "source_breaker": Breaker(name="orders_source", store=str(data_dir / "breakers.sqlite")),
         "fx_breaker": Breaker(name="fx_rates", store=str(data_dir / "breakers.sqlite")),
+        "healing_policy": HealingPolicy(),
         "source_retries": RetrySettings(),
         "fx_retries": RetrySettings(),
     }

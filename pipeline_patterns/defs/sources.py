@@ -76,6 +76,11 @@ class OrdersSource(dg.ConfigurableResource):
             corrected=frozenset(corrected),
         )
 
+    def has_correction(self, region: str, day: dt.date) -> bool:
+        """Whether the source has delivered a correction of a quarantined region-day (self-healing
+        re-runs the day then). The simulator knows its corrections list; a real client asks the API."""
+        return self.settings().is_corrected(region, day)
+
     def fetch(self, region: str, day: dt.date) -> dict[str, bytes]:
         """The files the feed delivers for a region-day: file name -> CSV bytes, as received."""
         self._faults.check(f"orders feed {region} {day}")

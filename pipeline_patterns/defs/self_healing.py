@@ -1,0 +1,159 @@
+"""The `heal_failed_days` sensor: failed days re-run without a person, capped (pattern:
+self-healing pipeline).
+
+Each tick it finds the days whose `daily_revenue` partition is FAILED (the last run that targeted
+it failed: a feed outage, an open breaker, a held day, a run that died and that Dagster's run
+monitoring or run retries gave up on), gathers what can be known of each (the failed run, when
+it ended, the automatic attempts since the day last succeeded, its quarantined and corrected
+region-days, the breakers, running backfills) and lets `lib/healing.decide` say per day: request
+it, wait (and why), or give up. What it decides shows in the UI: each requested run carries the
+day, the attempt and the reason as tags (Runs, filter by `pipeline_patterns/heals_day`); the
+tick's log and skip reason list every day waiting and why; a give-up is recorded once as an
+observation on the day of `daily_revenue` (`healing`: gave up) and sent to the notifier, like
+every attempt.
+
+Stateless but for the give-ups already reported (the cursor): attempts are counted from run tags
+in the instance, so a restarted daemon neither forgets nor repeats them, and run keys keep a tick
+that is evaluated twice from launching an attempt twice. A requested run makes the day IN_PROGRESS
+at once (its planned events are written when it is created), so healing never runs a day twice.
+"""
+
+import datetime as dt
+import json
+import time
+
+import dagster as dg
+from dagster._core.execution.backfill import BulkActionStatus  # not exported at the top level in 1.13
+from pydantic import Field
+
+from pipeline_patterns.defs.assets.regional import quarantine_key
+from pipeline_patterns.defs.automation import DAILY_REVENUE, daily_orders_job
+from pipeline_patterns.defs.lake import Lake
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
+from pipeline_patterns.defs.resilience import Breaker, Notifier
+from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.lib import healing
+from pipeline_patterns.lib.day_window import DayWindow
+
+HEALS_DAY_TAG = "pipeline_patterns/heals_day"
+ATTEMPT_TAG = "pipeline_patterns/healing_attempt"
+REASON_TAG = "pipeline_patterns/reason"
+
+
+class HealingPolicy(dg.ConfigurableResource):
+    """How far self-healing goes before it leaves a failed day for a person."""
+
+    max_attempts: int = Field(
+        default=3, description="Automatic runs of a failed day (since it last succeeded) before healing gives up."
+    )
+    lookback_hours: float = Field(
+        default=48.0, description="Only days whose failed run ended within this many hours are healed."
+    )
+
+
+def failed_days(instance: dg.DagsterInstance, lake: Lake, orders_source: OrdersSource) -> list[healing.FailedDay]:
+    """What healing needs to know of every day whose daily_revenue partition is FAILED."""
+    keys = daily_partitions.get_partition_keys()
+    statuses = instance.get_status_by_partition(DAILY_REVENUE, keys, daily_partitions) or {}
+    days = sorted(d for d, s in statuses.items() if s == dg.AssetPartitionStatus.FAILED)
+    if not days:
+        return []
+    span = DayWindow(dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1))
+    quarantined = {r: lake.per_day(quarantine_key(r), span) for r in REGIONS}
+    found = []
+    for day in days:
+        planned = instance.get_latest_planned_materialization_info(DAILY_REVENUE, partition=day)
+        record = instance.get_run_record_by_id(planned.run_id) if planned else None
+        if record is None:
+            continue
+        last_success = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=DAILY_REVENUE, asset_partitions=[day]), limit=1
+        ).records
+        since = dt.datetime.fromtimestamp(last_success[0].timestamp, dt.UTC) if last_success else None
+        held = tuple(r for r in REGIONS if quarantined[r].get(day))
+        found.append(
+            healing.FailedDay(
+                day=day,
+                run_id=record.dagster_run.run_id,
+                failed_at=record.end_time or record.update_timestamp.timestamp(),
+                attempts=instance.get_runs_count(dg.RunsFilter(tags={HEALS_DAY_TAG: day}, created_after=since)),
+                quarantined=held,
+                corrected=tuple(r for r in held if orders_source.has_correction(r, dt.date.fromisoformat(day))),
+                retried_by_dagster=record.dagster_run.tags.get("dagster/will_retry") == "true",
+            )
+        )
+    return found
+
+
+def healing_decisions(
+    instance: dg.DagsterInstance,
+    policy: HealingPolicy,
+    lake: Lake,
+    orders_source: OrdersSource,
+    breakers: list[Breaker],
+) -> list[healing.Decision]:
+    """What healing decides now for every failed day."""
+    statuses = [b.breaker().status() for b in breakers]
+    running = instance.get_backfills(status=BulkActionStatus.REQUESTED, limit=10)
+    return healing.decide(
+        failed_days(instance, lake, orders_source),
+        now=time.time(),
+        lookback_hours=policy.lookback_hours,
+        max_attempts=policy.max_attempts,
+        breakers_open={s.name: s.retry_after for s in statuses if s.retry_after > 0},
+        backfills_running=[b.backfill_id for b in running],
+    )
+
+
+@dg.sensor(
+    jobs=[daily_orders_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description=(
+        "Re-runs failed days once a re-run can succeed (dependency back, correction delivered, no backfill "
+        "running), at most `healing.max_attempts` times each; then reports the day and leaves it for a person."
+    ),
+)
+def heal_failed_days(
+    context: dg.SensorEvaluationContext,
+    healing_policy: HealingPolicy,
+    lake: Lake,
+    orders_source: OrdersSource,
+    source_breaker: Breaker,
+    fx_breaker: Breaker,
+    notifier: Notifier,
+) -> dg.SensorResult:
+    decisions = healing_decisions(context.instance, healing_policy, lake, orders_source, [source_breaker, fx_breaker])
+    reported = json.loads(context.cursor) if context.cursor else {}
+    requests, observations = [], []
+    for d in decisions:
+        context.log.info(f"{d.day}: {d.action}: {d.reason}")
+        if d.action == healing.REQUEST:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"heal {d.day} attempt {d.attempt} after {d.run_id}",
+                    job_name=daily_orders_job.name,
+                    partition_key=d.day,
+                    tags={HEALS_DAY_TAG: d.day, ATTEMPT_TAG: str(d.attempt), REASON_TAG: d.reason},
+                )
+            )
+            notifier.notify("healing_attempt", day=d.day, attempt=d.attempt, reason=d.reason, failed_run=d.run_id)
+        elif d.action == healing.GIVE_UP and reported.get(d.day) != d.run_id:
+            reported[d.day] = d.run_id  # once per failed run: a person's later failed run is reported again
+            observations.append(
+                dg.AssetObservation(
+                    asset_key=DAILY_REVENUE,
+                    partition=d.day,
+                    metadata={"healing": "gave up", "healing/reason": d.reason, "healing/failed_run": d.run_id},
+                )
+            )
+            notifier.notify("healing_gave_up", day=d.day, reason=d.reason, failed_run=d.run_id)
+    waiting = [f"{d.day}: {d.reason}" for d in decisions if d.action != healing.REQUEST]
+    return dg.SensorResult(
+        run_requests=requests,
+        asset_events=observations,
+        cursor=json.dumps(reported, sort_keys=True),
+        skip_reason=None
+        if requests
+        else ("not healing now: " + "; ".join(waiting[:20]) if waiting else "no failed day to heal"),
+    )

@@ -1,0 +1,92 @@
+"""What to do about each failed day, without a person (pattern: self-healing pipeline).
+
+A day whose last run failed is re-run automatically only when a re-run can succeed, and only a
+capped number of times, so a partition that is broken for good never loops:
+
+- it failed within the last `lookback_hours` (older failures are left for a person);
+- no backfill is running (healing never fights a backfill: the backfill may be re-running it);
+- a day held by quarantine waits for the source's correction of every quarantined region-day;
+- a day that failed for any other reason (a dependency down, a run that died) waits until every
+  dependency's circuit breaker lets a call through again (closed, or half-open: a trial may go);
+- after `max_attempts` automatic runs since the day last succeeded, it gives up and says so.
+
+Pure decisions over plain values; the sensor in defs/self_healing.py gathers them from the
+Dagster instance, the lake, the source and the breakers. Dagster's run retries cover a run that
+dies as a whole, but re-launch it at once (no wait for the dependency, no correction, no cap per
+partition across runs): what this adds.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+REQUEST, WAIT, GIVE_UP, IGNORE = "request", "wait", "give_up", "ignore"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedDay:
+    day: str
+    run_id: str  # the run whose failure left the day failed
+    failed_at: float  # when that run ended, epoch seconds
+    attempts: int  # automatic (healing) runs of the day since it last succeeded
+    quarantined: tuple[str, ...] = ()  # regions whose region-day of it sits in quarantine
+    corrected: tuple[str, ...] = ()  # of those, the regions the source has delivered a correction for
+    retried_by_dagster: bool = False  # Dagster's run retries re-launch the failed run themselves
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    day: str
+    action: str  # REQUEST, WAIT, GIVE_UP or IGNORE
+    reason: str
+    run_id: str  # the failed run the decision is about
+    attempt: int = 0  # the attempt a REQUEST starts (1-based)
+
+
+def decide(
+    failed: Sequence[FailedDay],
+    *,
+    now: float,
+    lookback_hours: float,
+    max_attempts: int,
+    breakers_open: Mapping[str, float],
+    backfills_running: Sequence[str] = (),
+) -> list[Decision]:
+    """One decision per failed day. `breakers_open`: breaker name -> seconds until it lets a trial
+    through, for the breakers that refuse calls now; `backfills_running`: ids of backfills in progress."""
+    decisions = []
+    for day in sorted(failed, key=lambda d: d.day):
+        waiting_for = sorted(set(day.quarantined) - set(day.corrected))
+        if now - day.failed_at > lookback_hours * 3600:
+            action, reason = IGNORE, f"failed more than {lookback_hours:g} h ago: outside the healing window"
+        elif day.attempts >= max_attempts:
+            action, reason = (
+                GIVE_UP,
+                f"{day.attempts} automatic attempts failed (cap {max_attempts}); left for a person, see run {day.run_id}",
+            )
+        elif day.retried_by_dagster:
+            action, reason = WAIT, f"Dagster's run retries re-launch run {day.run_id}"
+        elif backfills_running:
+            action, reason = (
+                WAIT,
+                f"backfill {', '.join(backfills_running)} in progress: healing never fights a backfill",
+            )
+        elif waiting_for:
+            action, reason = (
+                WAIT,
+                f"held by quarantine of {', '.join(waiting_for)}: waiting for the source's correction",
+            )
+        elif breakers_open:
+            action, reason = (
+                WAIT,
+                "waiting for the dependency: "
+                + ", ".join(
+                    f"breaker {name} open, trial in {wait:.0f} s" for name, wait in sorted(breakers_open.items())
+                ),
+            )
+        elif day.quarantined:
+            action, reason = REQUEST, f"the source corrected {', '.join(sorted(day.quarantined))}"
+        else:
+            action, reason = REQUEST, f"run {day.run_id} failed; its dependencies take calls again"
+        attempt = day.attempts + 1 if action == REQUEST else 0
+        decisions.append(Decision(day.day, action, reason, day.run_id, attempt))
+    return decisions
