@@ -12,6 +12,8 @@ patterns) tools to inspect and prove the pipeline's guarantees.
     pipeline-patterns lake vacuum [--retention-hours 168] [--apply]
                                                  the lake's unreferenced files: old versions'
                                                  and those of writers killed before their commit
+    pipeline-patterns publish status             the published tables' live versions, what green holds
+    pipeline-patterns publish promote|rollback   blue-green: publish the audited green, or go back to blue
 
 Output is meant for pipes: a reader that stops early (`| head -1`) ends the command quietly.
 """
@@ -125,6 +127,37 @@ def lake_vacuum(args: argparse.Namespace) -> int:
     return 0
 
 
+def publish_status(args: argparse.Namespace) -> int:
+    from pipeline_patterns.defs.assets.publish import PUBLISHED
+    from pipeline_patterns.lib.blue_green import status
+
+    print(json.dumps(status(str(environment.data_dir() / "lake"), list(PUBLISHED)), indent=2))
+    return 0
+
+
+def publish_switch(args: argparse.Namespace) -> int:
+    """Run the promote_green or rollback_green job in this process, recorded in the Dagster
+    instance of $DAGSTER_HOME (so the UI and the aggregates sensor see the switch), then print
+    the status."""
+    import dagster as dg
+
+    from pipeline_patterns.defs.assets.publish import promote_green, rollback_green
+    from pipeline_patterns.defs.resources import build_resources
+
+    job = promote_green if args.publish_command == "promote" else rollback_green
+    definitions = dg.Definitions(jobs=[job], resources=build_resources(environment.data_dir()))
+    if not os.environ.get("DAGSTER_HOME"):
+        print("DAGSTER_HOME is not set: the switch is not recorded in a Dagster instance", file=sys.stderr)
+    with dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral() as instance:
+        result = definitions.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False)
+    if not result.success:
+        failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data
+        why = failure.user_failure_data.description if failure.user_failure_data else failure.error
+        print(f"{args.publish_command} refused: {why}", file=sys.stderr)
+        return 1
+    return publish_status(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="pipeline-patterns", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -193,6 +226,18 @@ def parser() -> argparse.ArgumentParser:
     vacuum.add_argument("--retention-hours", type=int, default=168, help="keep files younger than this (default 168)")
     vacuum.add_argument("--apply", action="store_true", help="delete the files (default: only count them)")
     vacuum.set_defaults(handler=lake_vacuum)
+
+    publish = commands.add_parser("publish", help="blue-green publication of global_orders and daily_revenue")
+    publish_commands = publish.add_subparsers(dest="publish_command", required=True)
+    publish_commands.add_parser("status", help="live versions, last publication, what green holds (JSON)").set_defaults(
+        handler=publish_status
+    )
+    publish_commands.add_parser(
+        "promote", help="publish the audited green release (one commit per table)"
+    ).set_defaults(handler=publish_switch)
+    publish_commands.add_parser("rollback", help="switch back to blue (one restore commit per table)").set_defaults(
+        handler=publish_switch
+    )
     return root
 
 

@@ -28,7 +28,7 @@ def test_inventory_of_assets_and_groups():
         [f"raw_orders/{r}" for r in REGIONAL]
         + [f"regional_orders/{r}" for r in REGIONAL]
         + [f"quarantined_orders/{r}" for r in REGIONAL]
-        + ["global_orders", "daily_revenue", "monthly_revenue", "revenue_summary"]
+        + ["global_orders", "daily_revenue", "monthly_revenue", "revenue_summary", "green_release"]
     )
     assert {key: spec.group_name for key, spec in specs.items()} == {
         **{f"raw_orders/{r}": "landing" for r in REGIONAL},
@@ -38,6 +38,7 @@ def test_inventory_of_assets_and_groups():
         "daily_revenue": "revenue",
         "monthly_revenue": "revenue",
         "revenue_summary": "revenue",
+        "green_release": "publish",
     }
 
 
@@ -52,6 +53,7 @@ def test_the_graph_fans_out_per_region_branches_to_quarantine_and_fans_in_to_glo
     )
     assert edges["daily_revenue"] == ["global_orders"]
     assert edges["monthly_revenue"] == edges["revenue_summary"] == ["daily_revenue"]
+    assert edges["green_release"] == edges["global_orders"]  # green is built from what blue is built from
 
 
 def test_every_partitioned_asset_backfills_a_range_in_one_run():
@@ -113,7 +115,10 @@ def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
         "rows_accounted",
     }
     assert checks == {(f"regional_orders/{r}", n) for r in REGIONAL for n in names} | {
-        ("daily_revenue", "replay_matches")
+        ("daily_revenue", "replay_matches"),
+        ("green_release", "green_files_valid"),
+        ("green_release", "green_revenue_reconciles"),
+        ("green_release", "green_matches_blue"),
     }
     regional = next(a for a in defs.assets if dg.AssetKey(["regional_orders", "us_east"]) in a.keys)
     blocking = {spec.name for spec in regional.check_specs if spec.blocking}
@@ -130,11 +135,18 @@ def test_the_daily_schedule_and_the_sensors_run_by_default():
         ("notify_run_failure", dg.DefaultSensorStatus.RUNNING),
         ("heal_failed_days", dg.DefaultSensorStatus.RUNNING),
     }
+    assert sorted(j.name for j in defs.jobs) == [
+        "daily_orders",
+        "monthly_revenue_job",
+        "promote_green",
+        "revenue_summary_job",
+        "rollback_green",
+    ]
     assert defs.resolve_job_def("daily_orders").partitions_def == dg.DailyPartitionsDefinition(start_date="2024-01-01")
 
 
 def test_assets_that_call_a_dependency_declare_a_retry_policy():
-    for key in (["raw_orders", "us_east"], ["global_orders"]):
+    for key in (["raw_orders", "us_east"], ["global_orders"], ["green_release"]):
         assets_def = next(a for a in defs.assets if dg.AssetKey(key) in a.keys)
         assert isinstance(assets_def.op.retry_policy, dg.RetryPolicy), key
 

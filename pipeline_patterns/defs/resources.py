@@ -11,6 +11,7 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns import environment
+from pipeline_patterns.defs.assets.publish import Publication
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
 from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
@@ -64,6 +65,7 @@ def build_resources(data_dir: Path) -> dict[str, object]:
         "source_breaker": Breaker(name="orders_source", store=str(data_dir / "breakers.sqlite")),
         "fx_breaker": Breaker(name="fx_rates", store=str(data_dir / "breakers.sqlite")),
         "healing_policy": HealingPolicy(),
+        "publication": Publication(),
         "source_retries": RetrySettings(),
         "fx_retries": RetrySettings(),
     }

@@ -27,7 +27,7 @@ from dagster._core.execution.backfill import BulkActionStatus  # not exported at
 from pydantic import Field
 
 from pipeline_patterns.defs.assets.regional import quarantine_key
-from pipeline_patterns.defs.automation import DAILY_REVENUE, daily_orders_job
+from pipeline_patterns.defs import automation  # the module, not its job: the defs folder must see the job once
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.defs.resilience import Breaker, Notifier
@@ -54,7 +54,7 @@ class HealingPolicy(dg.ConfigurableResource):
 def failed_days(instance: dg.DagsterInstance, lake: Lake, orders_source: OrdersSource) -> list[healing.FailedDay]:
     """What healing needs to know of every day whose daily_revenue partition is FAILED."""
     keys = daily_partitions.get_partition_keys()
-    statuses = instance.get_status_by_partition(DAILY_REVENUE, keys, daily_partitions) or {}
+    statuses = instance.get_status_by_partition(automation.DAILY_REVENUE, keys, daily_partitions) or {}
     days = sorted(d for d, s in statuses.items() if s == dg.AssetPartitionStatus.FAILED)
     if not days:
         return []
@@ -62,12 +62,12 @@ def failed_days(instance: dg.DagsterInstance, lake: Lake, orders_source: OrdersS
     quarantined = {r: lake.per_day(quarantine_key(r), span) for r in REGIONS}
     found = []
     for day in days:
-        planned = instance.get_latest_planned_materialization_info(DAILY_REVENUE, partition=day)
+        planned = instance.get_latest_planned_materialization_info(automation.DAILY_REVENUE, partition=day)
         record = instance.get_run_record_by_id(planned.run_id) if planned else None
         if record is None:
             continue
         last_success = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=DAILY_REVENUE, asset_partitions=[day]), limit=1
+            dg.AssetRecordsFilter(asset_key=automation.DAILY_REVENUE, asset_partitions=[day]), limit=1
         ).records
         since = dt.datetime.fromtimestamp(last_success[0].timestamp, dt.UTC) if last_success else None
         held = tuple(r for r in REGIONS if quarantined[r].get(day))
@@ -106,7 +106,7 @@ def healing_decisions(
 
 
 @dg.sensor(
-    jobs=[daily_orders_job],
+    jobs=[automation.daily_orders_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
     description=(
@@ -132,7 +132,7 @@ def heal_failed_days(
             requests.append(
                 dg.RunRequest(
                     run_key=f"heal {d.day} attempt {d.attempt} after {d.run_id}",
-                    job_name=daily_orders_job.name,
+                    job_name=automation.daily_orders_job.name,
                     partition_key=d.day,
                     tags={HEALS_DAY_TAG: d.day, ATTEMPT_TAG: str(d.attempt), REASON_TAG: d.reason},
                 )
@@ -142,7 +142,7 @@ def heal_failed_days(
             reported[d.day] = d.run_id  # once per failed run: a person's later failed run is reported again
             observations.append(
                 dg.AssetObservation(
-                    asset_key=DAILY_REVENUE,
+                    asset_key=automation.DAILY_REVENUE,
                     partition=d.day,
                     metadata={"healing": "gave up", "healing/reason": d.reason, "healing/failed_run": d.run_id},
                 )

@@ -165,21 +165,21 @@ def commit_staged(
     otherwise accept two writers adding to the same empty days: duplicates) and is rebuilt on the
     new snapshot, which it then replaces: overlapping windows end as one copy.
     """
-    filesystem, root = pafs.FileSystem.from_uri(uri)
     options = dict(storage_options or {})
     delta_schema = Schema.from_arrow(schema)
     try:
-        _check_table_schema(uri, options, delta_schema, partition_column)
-        adds, rows = _staged_actions(filesystem, root, staging, window, schema, partition_column, not_null)
-        if rows_per_day is not None:
-            expected = {d: n for d, n in rows_per_day.items() if n}
-            if rows != expected:
-                wrong = sorted(d for d in set(rows) | set(expected) if rows.get(d, 0) != expected.get(d, 0))
-                raise RefusedCommit(
-                    f"refusing to commit {uri} {window}: staged rows differ from the rows computed on "
-                    + ", ".join(f"{d} ({rows.get(d, 0)} staged, {expected.get(d, 0)} expected)" for d in wrong[:5])
-                )
+        adds, rows = check_staged(
+            uri,
+            staging,
+            window,
+            schema,
+            partition_column=partition_column,
+            rows_per_day=rows_per_day,
+            not_null=not_null,
+            storage_options=options,
+        )
     except RefusedCommit:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
         filesystem.delete_dir_contents(f"{root}/{staging}", missing_dir_ok=True)
         filesystem.delete_dir(f"{root}/{staging}")
         raise
@@ -231,6 +231,38 @@ def commit_staged(
     if version is None:
         raise RuntimeError(f"committed {staging} to {uri} but no version records it: inspect DeltaTable.history()")
     return WriteResult(table_uri=uri, version=version, rows=sum(rows.values()))
+
+
+def check_staged(
+    uri: str,
+    staging: str,
+    window: DayWindow,
+    schema: pa.Schema,
+    *,
+    partition_column: str = "day",
+    rows_per_day: Mapping[str, int] | None = None,
+    not_null: Sequence[str] = (),
+    storage_options: Mapping[str, str] | None = None,
+) -> tuple[list[AddAction], dict[str, int]]:
+    """What `commit_staged` checks before it commits, without committing or deleting anything:
+    the add actions of the staged files and their rows per day, or `RefusedCommit` saying why not."""
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    _check_table_schema(uri, dict(storage_options or {}), Schema.from_arrow(schema), partition_column)
+    adds, rows = _staged_actions(filesystem, root, staging, window, schema, partition_column, not_null)
+    if rows_per_day is not None:
+        expected = {d: n for d, n in rows_per_day.items() if n}
+        if rows != expected:
+            wrong = sorted(d for d in set(rows) | set(expected) if rows.get(d, 0) != expected.get(d, 0))
+            raise RefusedCommit(
+                f"refusing to commit {uri} {window}: staged rows differ from the rows computed on "
+                + ", ".join(f"{d} ({rows.get(d, 0)} staged, {expected.get(d, 0)} expected)" for d in wrong[:5])
+            )
+    return adds, rows
+
+
+def committed_version(uri: str, staging: str, *, storage_options: Mapping[str, str] | None = None) -> int | None:
+    """The version whose commit published the staged folder `staging`, if any."""
+    return _version_of(uri, dict(storage_options or {}), staging)
 
 
 def _exists(uri: str, options: dict[str, str]) -> bool:

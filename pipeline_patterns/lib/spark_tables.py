@@ -48,18 +48,7 @@ def write_window(
     `schema`), in one transaction: the executors write, this process commits (`commit_staged`,
     which checks the files first). One file per day: the rows of a day are brought to one task,
     unless `clustered` says they already are (`frame.repartition(partition_column)` upstream)."""
-    typed = frame.select(
-        [
-            F.col(f.name).cast(spark_field.dataType)
-            for f, spark_field in zip(schema, from_arrow_schema(schema), strict=True)
-        ]
-    )
-    staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-    (
-        (typed if clustered else typed.repartition(partition_column))
-        .write.partitionBy(partition_column)
-        .parquet(f"{uri.rstrip('/')}/{staging}", compression="snappy")
-    )
+    staging = stage_window(frame, uri, schema, partition_column=partition_column, clustered=clustered)
     return commit_staged(
         uri,
         staging,
@@ -71,6 +60,51 @@ def write_window(
         commit_metadata=commit_metadata,
         storage_options=storage_options,
     )
+
+
+def stage_window(
+    frame: DataFrame,
+    uri: str,
+    schema: pa.Schema,
+    *,
+    partition_column: str = "day",
+    clustered: bool = False,
+    prefix: str = STAGING_PREFIX,
+) -> str:
+    """The executors write `frame`'s rows (columns as `schema`), one file per day, into a new
+    staging folder inside the table's folder, invisible to readers until committed; returns the
+    folder's name (relative to the table)."""
+    typed = frame.select(
+        [
+            F.col(f.name).cast(spark_field.dataType)
+            for f, spark_field in zip(schema, from_arrow_schema(schema), strict=True)
+        ]
+    )
+    staging = f"{prefix}{uuid.uuid4().hex}"
+    (
+        (typed if clustered else typed.repartition(partition_column))
+        .write.partitionBy(partition_column)
+        .parquet(f"{uri.rstrip('/')}/{staging}", compression="snappy")
+    )
+    return staging
+
+
+def read_files(
+    spark: SparkSession, files: Sequence[str], schema: pa.Schema, partition_column: str = "day"
+) -> DataFrame:
+    """Exactly these Parquet files (of one table: `<...>/<partition_column>=<day>/<file>`) as a
+    DataFrame with `schema`, the day taken from each file's folder."""
+    if not files:
+        return spark.createDataFrame([], from_arrow_schema(schema))
+    data_schema = from_arrow_schema(pa.schema([f for f in schema if f.name != partition_column]))
+    frame = (
+        spark.read.schema(data_schema)
+        .parquet(*files)
+        .withColumn(
+            partition_column, F.regexp_extract(F.col("_metadata.file_path"), f"/{partition_column}=([^/]+)/", 1)
+        )
+    )
+    return frame.select(schema.names)
 
 
 def read_window(
@@ -88,15 +122,4 @@ def read_window(
     files = table_files(
         uri, window, partition_column=partition_column, version=version, storage_options=storage_options
     )
-    if not files:
-        return spark.createDataFrame([], from_arrow_schema(schema))
-    data_schema = from_arrow_schema(pa.schema([f for f in schema if f.name != partition_column]))
-    frame = (
-        spark.read.schema(data_schema)
-        .parquet(*files)
-        # the day from the file's own folder (`day=2024-01-02/`), as the snapshot lists it
-        .withColumn(
-            partition_column, F.regexp_extract(F.col("_metadata.file_path"), f"/{partition_column}=([^/]+)/", 1)
-        )
-    )
-    return frame.select(schema.names)
+    return read_files(spark, files, schema, partition_column)

@@ -17,6 +17,7 @@ returned. It then fails with a `Failure` naming the held days, which Dagster sho
 "Backfill only failed and missing partitions" selects exactly them.
 """
 
+import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pyarrow as pa
 from dagster_pyspark import PySparkResource
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key
@@ -50,6 +51,7 @@ DAILY_REVENUE = dg.AssetKey("daily_revenue")
 DAYS_PER_FX_CALL = 31
 # What a global order always has; checked on the files before they are committed.
 GLOBAL_NOT_NULL = ("order_id", "region", "amount", "currency", "event_ts", "usd_rate", "amount_usd")
+REVENUE_NOT_NULL = ("region", "orders", "revenue_usd", "distinct_users")
 
 
 @dg.multi_asset(
@@ -92,24 +94,15 @@ def global_orders_and_daily_revenue(
     window, run_id, session = day_window(context), context.run.run_id, spark.spark_session
     days = [d.isoformat() for d in window.days]
     if GLOBAL_ORDERS in context.selected_asset_keys:
-        # one snapshot per regional table, pinned: readiness and the rows read agree even if a
-        # regional run commits meanwhile
-        versions = {r: lake.version(regional_key(r)) for r in REGIONS}
-        clean_rows = {r: lake.per_day(regional_key(r), window, version=versions[r]) for r in REGIONS}
-        held = held_days(days, REGIONS, clean_rows, {r: quarantined_checks(lake, r, window) for r in REGIONS})
-        ready = [d for d in days if d not in held]
-        regional = functools.reduce(
-            DataFrame.unionByName,
-            [lake.frame(session, regional_key(r), REGIONAL_SCHEMA, window, versions[r]) for r in REGIONS],
-        ).where(F.col("day").isin(ready))
-        rates = fx_rates_for(context, regional, fx_rates, fx_breaker, fx_retries, notifier)
+        merged = fan_in(context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier)
+        held, ready = merged.held, merged.ready
         written = lake.write(
             GLOBAL_ORDERS,
-            global_orders_frame(regional, rates),
+            merged.orders,
             window,
             run_id,
             GLOBAL_SCHEMA,
-            rows_per_day={d: sum(clean_rows[r].get(d, 0) for r in REGIONS) for d in ready},
+            rows_per_day=merged.rows_per_day,
             not_null=GLOBAL_NOT_NULL,
         )
         # recorded at once: committed days must not show FAILED if the revenue write then fails
@@ -126,7 +119,7 @@ def global_orders_and_daily_revenue(
             window,
             run_id,
             DAILY_REVENUE_SCHEMA,
-            not_null=("region", "orders", "revenue_usd", "distinct_users"),
+            not_null=REVENUE_NOT_NULL,
         )
         yield from day_materializations(lake, DAILY_REVENUE, written, window, ready, {})
     if held:
@@ -144,6 +137,47 @@ def global_orders_and_daily_revenue(
             metadata={"held_days": ", ".join(held), "days_processed": len(ready), "days_held": len(held)},
             allow_retries=False,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class FanIn:
+    ready: list[str]  # the days whose four region-days are clean
+    held: dict[str, list[str]]  # the other days, each with why
+    orders: DataFrame  # the global orders of the ready days, in USD (lazy: computed on the executors)
+    rows_per_day: dict[str, int]  # what `orders` must hold per day: the regions' clean rows
+
+
+def fan_in(
+    context: dg.AssetExecutionContext,
+    session: SparkSession,
+    lake: Lake,
+    window: DayWindow,
+    fx_rates: FxRates,
+    fx_breaker: Breaker,
+    fx_retries: RetrySettings,
+    notifier: Notifier,
+) -> FanIn:
+    """The fan-in of `window` from the live regional tables: which days are ready, and their
+    global orders in USD. One home for the computation: `global_orders` writes it, the green
+    build of blue-green publication (assets/publish.py) stages it."""
+    days = [d.isoformat() for d in window.days]
+    # one snapshot per regional table, pinned: readiness and the rows read agree even if a
+    # regional run commits meanwhile
+    versions = {r: lake.version(regional_key(r)) for r in REGIONS}
+    clean_rows = {r: lake.per_day(regional_key(r), window, version=versions[r]) for r in REGIONS}
+    held = held_days(days, REGIONS, clean_rows, {r: quarantined_checks(lake, r, window) for r in REGIONS})
+    ready = [d for d in days if d not in held]
+    regional = functools.reduce(
+        DataFrame.unionByName,
+        [lake.frame(session, regional_key(r), REGIONAL_SCHEMA, window, versions[r]) for r in REGIONS],
+    ).where(F.col("day").isin(ready))
+    rates = fx_rates_for(context, regional, fx_rates, fx_breaker, fx_retries, notifier)
+    return FanIn(
+        ready=ready,
+        held=held,
+        orders=global_orders_frame(regional, rates),
+        rows_per_day={d: sum(clean_rows[r].get(d, 0) for r in REGIONS) for d in ready},
+    )
 
 
 def fx_rates_for(
