@@ -26,8 +26,8 @@ import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus  # not exported at the top level in 1.13
 from pydantic import Field
 
-from pipeline_patterns.defs.assets.regional import quarantine_key
 from pipeline_patterns.defs import automation  # the module, not its job: the defs folder must see the job once
+from pipeline_patterns.defs.assets.regional import quarantine_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.defs.resilience import Breaker, Notifier
