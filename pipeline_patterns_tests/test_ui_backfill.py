@@ -263,7 +263,7 @@ def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(da
     instigators = graphql(url, INSTIGATORS, repo=repo)
     sensors = {s["name"]: s["sensorState"]["status"] for s in instigators["sensorsOrError"]["results"]}
     schedules = {s["name"]: s["scheduleState"]["status"] for s in instigators["schedulesOrError"]["results"]}
-    assert sensors.get("aggregates_follow_days") == "RUNNING", sensors
+    assert sensors.get("aggregates_follow_days") == sensors.get("heal_failed_days") == "RUNNING", sensors
     assert schedules.get("daily_orders_schedule") == "RUNNING", schedules
 
     # 1. the range backfill of the daily graph: one run, which fails naming the held days
