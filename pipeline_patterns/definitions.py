@@ -2,18 +2,22 @@
 
 The in-process executor runs a run's steps in one process so they share one Spark session
 (a JVM per step process would cost ~5 s each); Spark parallelises the work inside each step.
+With a Spark Connect server (PIPELINE_PATTERNS_SPARK_MASTER=sc://...) a step's session is a thin
+client, and PIPELINE_PATTERNS_EXECUTOR=multiprocess runs the regions in parallel processes
+(spawned, never forked: delta-rs cannot run after a fork) without a JVM each.
 """
 
-import warnings
 from pathlib import Path
 
 import dagster as dg
 
-# BackfillPolicy is still marked beta in Dagster 1.13; it is the documented way to run a range as
-# one run, and this project depends on it deliberately.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+from pipeline_patterns import environment
 
 defs = dg.Definitions.merge(
     dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-    dg.Definitions(executor=dg.in_process_executor),
+    dg.Definitions(
+        executor=dg.in_process_executor
+        if environment.executor() == "in_process"
+        else dg.multiprocess_executor.configured({"start_method": {"spawn": {}}, "max_concurrent": 4})
+    ),
 )

@@ -11,6 +11,7 @@ DATA_DIR_VAR = "PIPELINE_PATTERNS_DATA_DIR"
 SPARK_MASTER_VAR = "PIPELINE_PATTERNS_SPARK_MASTER"
 SPARK_DRIVER_MEMORY_VAR = "PIPELINE_PATTERNS_SPARK_DRIVER_MEMORY"
 FEED_VOLUME_VAR = "PIPELINE_PATTERNS_FEED_VOLUME"
+EXECUTOR_VAR = "PIPELINE_PATTERNS_EXECUTOR"
 ALERT_WEBHOOK_VAR = "PIPELINE_PATTERNS_ALERT_WEBHOOK_URL"
 SLACK_TOKEN_VAR = "SLACK_BOT_TOKEN"
 
@@ -21,8 +22,19 @@ def data_dir() -> Path:
 
 
 def spark_master() -> str:
-    """The Spark master URL: $PIPELINE_PATTERNS_SPARK_MASTER, default local[*]."""
+    """Where Spark runs: $PIPELINE_PATTERNS_SPARK_MASTER, default local[*] (a JVM in the run's
+    process); `sc://host:port` a Spark Connect server; `spark://host:port` a standalone cluster."""
     return os.environ.get(SPARK_MASTER_VAR) or "local[*]"
+
+
+def executor() -> str:
+    """How a run executes its steps: $PIPELINE_PATTERNS_EXECUTOR, `in_process` (the default: one
+    process, one Spark session for every step) or `multiprocess` (a process per step; with a
+    Spark Connect server each is a thin client, without one each starts a JVM)."""
+    value = os.environ.get(EXECUTOR_VAR) or "in_process"
+    if value not in ("in_process", "multiprocess"):
+        raise ValueError(f"{EXECUTOR_VAR}={value!r}: expected in_process or multiprocess")
+    return value
 
 
 def spark_driver_memory() -> str:

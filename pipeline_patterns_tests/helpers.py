@@ -1,7 +1,14 @@
 """Test helpers: small, isolated pipelines over a data dir of the test's own, with test volumes
 and fast retry and breaker timings (production timings would make the suite sleep)."""
 
+import contextlib
+import os
 import pathlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -89,3 +96,39 @@ def materialize(
         instance=instance,
         raise_on_error=raise_on_error,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], port: int, log_path: pathlib.Path, env: Mapping[str, str], timeout: float = 180
+) -> Iterator[subprocess.Popen]:
+    """A server started in a process group of its own, once it accepts connections on
+    127.0.0.1:`port`; afterwards exactly that group is stopped (TERM, then KILL)."""
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.time() + timeout
+            while True:
+                assert server.poll() is None, f"{command[0]} exited:\n{log_path.read_text()[-3000:]}"
+                assert time.time() < deadline, f"nothing on port {port} in {timeout} s:\n{log_path.read_text()[-3000:]}"
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.5)
+            yield server
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group is gone already: nothing to stop
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

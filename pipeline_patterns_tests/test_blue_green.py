@@ -12,7 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from pipeline_patterns import cli
-from pipeline_patterns.defs.assets.publish import PUBLISHED
+from pipeline_patterns.defs.assets.publish import CHECKS, PUBLISHED
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import blue_green
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
@@ -56,7 +56,7 @@ def staged_hashes(data_dir, release: blue_green.Release) -> dict[str, str]:
 
 
 def build_green(data_dir, instance, factor: float) -> blue_green.Release:
-    materialize(
+    build = materialize(
         data_dir,
         instance,
         first=FIRST,
@@ -67,6 +67,13 @@ def build_green(data_dir, instance, factor: float) -> blue_green.Release:
     )
     release = blue_green.load(str(data_dir / "lake"))
     assert release is not None
+    # each day of the range carries the audit's verdicts (a check result alone has no partition)
+    per_day = {(e.partition, e.check_name, e.passed) for e in build.get_asset_check_evaluations() if e.partition}
+    assert per_day == {
+        (day, name, release.audit[name]["passed"])
+        for day in ("2024-01-02", "2024-01-03", "2024-01-04")
+        for name in CHECKS
+    }
     return release
 
 
@@ -182,6 +189,7 @@ def test_a_green_that_fails_its_audit_is_never_published(publication, capsys, mo
     assert cli.main(["publish", "status"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["green"]["state"] == "refused" and status["green"]["release_id"] == release.release_id
+    assert status["green"]["days"] == f"{FIRST}..{LAST}"
     assert {t: s["live_version"] for t, s in status["tables"].items()} == before[1]
     assert status["tables"]["daily_revenue"]["last_publication"]["blue_green"] == "rollback"
     assert cli.main(["publish", "promote"]) == 1
@@ -197,5 +205,5 @@ def test_a_green_is_not_published_once_blue_changed_under_it(publication):
     refused = switch(data_dir, instance, "promote_green")
     assert not refused.success
     failure = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error
-    assert "changed in 2024-01-02..2024-01-05 after green" in failure.message
+    assert "changed in 2024-01-02..2024-01-04 after green" in failure.message
     assert (live(data_dir), versions(data_dir)) == before

@@ -28,15 +28,25 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 def spark_config() -> dict[str, str]:
-    return {
+    """The Spark session's settings. The same assets run on every engine: embedded `local[*]`
+    (the default), a standalone cluster (`spark://`), or a Spark Connect server (`sc://`), whose
+    session is a thin client: the JVM and its settings (memory, master) are the server's, and
+    only the SQL settings below are the session's own."""
+    sql = {
         **spark_settings(),
-        "spark.master": environment.spark_master(),
-        "spark.app.name": "pipeline_patterns",
-        "spark.driver.memory": environment.spark_driver_memory(),
         "spark.sql.session.timeZone": "UTC",
         # A day of a region is a few thousand rows: a few shuffle partitions, not the default 200.
         "spark.sql.shuffle.partitions": "8",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    master = environment.spark_master()
+    if master.startswith("sc://"):
+        return {"spark.remote": master, **sql}
+    return {
+        **sql,
+        "spark.master": master,
+        "spark.app.name": "pipeline_patterns",
+        "spark.driver.memory": environment.spark_driver_memory(),
         "spark.ui.showConsoleProgress": "false",
     }
 

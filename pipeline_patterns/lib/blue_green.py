@@ -2,7 +2,7 @@
 
 Blue is what the live Delta tables hold. Green is a new version of a window of them (a logic
 change, a full rebuild, a reprocessed quarter), built BESIDE blue: its Parquet files are staged
-inside each live table's folder (`<table>/staged-green-<release id>/day=.../`), which no reader
+inside each live table's folder (`<table>/staged-green-<release id>-<uuid>/day=.../`), which no reader
 sees, since a Delta reader reads only the files its log lists (FACTS.md: files staged in the live
 table's folder are invisible until committed; another table's files cannot be referenced).
 
@@ -79,6 +79,11 @@ class Release:
     @property
     def window(self) -> DayWindow:
         return DayWindow(dt.date.fromisoformat(self.start), dt.date.fromisoformat(self.end))
+
+    @property
+    def days(self) -> str:
+        """The window's days, inclusive: '2024-01-04..2024-01-06'."""
+        return f"{self.start}..{self.window.days[-1].isoformat()}"
 
     @property
     def audit_passed(self) -> bool:
@@ -179,7 +184,7 @@ def promote(
     if release.state in (BUILT, REFUSED) or not release.audit_passed:
         failed = [f"{name}: {v['detail']}" for name, v in release.audit.items() if not v["passed"]]
         raise PublishRefused(
-            f"green {release.release_id} ({release.start}..{release.end}) is "
+            f"green {release.release_id} ({release.days}) is "
             + (f"not published: its audit failed ({'; '.join(failed)})" if failed else "not audited yet")
             + "; fix the cause and build a new green"
         )
@@ -194,7 +199,7 @@ def promote(
         live = sorted(table_files(uri, release.window))
         if live != green.blue_files:
             raise PublishRefused(
-                f"{green.name} changed in {release.start}..{release.end} after green {release.release_id} was "
+                f"{green.name} changed in {release.days} after green {release.release_id} was "
                 f"built (now version {table_version(uri)}, built against {green.blue_version}): green was audited "
                 "against a blue that is no longer live; build a new green"
             )
@@ -263,7 +268,7 @@ def status(lake_uri: str, names: Sequence[str]) -> dict:
     if release is not None:
         green = {
             "release_id": release.release_id,
-            "window": f"{release.start}..{release.end}",
+            "days": release.days,
             "state": release.state,
             "built_at": release.built_at,
             "built_by": release.built_by,

@@ -132,7 +132,8 @@ def global_orders_and_daily_revenue(
                 f"held {len(held)} of {len(days)} days of {window} ({len(ready)} processed): "
                 + " | ".join(lines[:20])
                 + (" | ..." if len(lines) > 20 else "")
-                + ". Correct the source for those region-days, then backfill only failed and missing partitions."
+                + ". Correct the source for those region-days: the heal_failed_days sensor then re-runs each day "
+                "within a minute, or backfill only failed and missing partitions (faster for many days)."
             ),
             metadata={"held_days": ", ".join(held), "days_processed": len(ready), "days_held": len(held)},
             allow_retries=False,

@@ -98,7 +98,8 @@ def green_release(
     audit: dict[str, dict] = {}
     try:
         orders_uri = lake.table_uri(GLOBAL_ORDERS)
-        staging = stage_window(merged.orders, orders_uri, GLOBAL_SCHEMA, prefix=blue_green.GREEN_PREFIX)
+        prefix = f"{blue_green.GREEN_PREFIX}{release.release_id}-"  # staged-green-<release id>-<uuid>
+        staging = stage_window(merged.orders, orders_uri, GLOBAL_SCHEMA, prefix=prefix)
         orders = blue_green.staged_table(lake.uri, "global_orders", staging, window, merged.rows_per_day)
         release.tables.append(orders)
         files = blue_green.green_files(lake.uri, orders, window, GLOBAL_SCHEMA, not_null=GLOBAL_NOT_NULL)
@@ -107,7 +108,7 @@ def green_release(
             daily_revenue_frame(read_files(session, files, GLOBAL_SCHEMA)),
             revenue_uri,
             DAILY_REVENUE_SCHEMA,
-            prefix=blue_green.GREEN_PREFIX,
+            prefix=prefix,
         )
         adds, rows = check_staged(revenue_uri, staging, window, DAILY_REVENUE_SCHEMA, not_null=REVENUE_NOT_NULL)
         revenue = blue_green.staged_table(lake.uri, "daily_revenue", staging, window, rows)
@@ -138,6 +139,21 @@ def green_release(
     blue_green.save(lake.uri, release)
     if not release.audit_passed:
         context.log.warning(f"green {release.release_id} failed its audit: it will not be published")
+    if len(window.days) > 1:
+        # Dagster 1.13 plans each check once per partition of a range, but a check result carries
+        # no partition: each day gets the window's verdict too (as the regional gates do)
+        for day in window.days:
+            for name in CHECKS:
+                context.log_event(
+                    dg.AssetCheckEvaluation(
+                        asset_key=GREEN_RELEASE,
+                        check_name=name,
+                        passed=audit[name]["passed"],
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        metadata={"detail": audit[name]["detail"], "release_id": release.release_id},
+                        partition=day.isoformat(),
+                    )
+                )
     return dg.MaterializeResult(
         metadata={
             "release_id": release.release_id,
@@ -209,7 +225,7 @@ def promote_green_release(context: dg.OpExecutionContext, lake: Lake, notifier: 
         release = blue_green.promote(lake.uri, release, PUBLISHED, NOT_NULL)
     except blue_green.PublishRefused as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
-    notifier.notify("green_promoted", release_id=release.release_id, window=f"{release.start}..{release.end}")
+    notifier.notify("green_promoted", release_id=release.release_id, days=release.days)
     yield from switched_days(lake, release, f"green {release.release_id} promoted")
 
 
