@@ -70,7 +70,7 @@ def source_correct(args: argparse.Namespace) -> int:
 
 def _breaker_store() -> str:
     environment.data_dir().mkdir(parents=True, exist_ok=True)
-    return str(environment.data_dir() / "breakers.sqlite")
+    return environment.breaker_store(environment.data_dir())
 
 
 def breaker_status(args: argparse.Namespace) -> int:

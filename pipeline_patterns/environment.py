@@ -12,6 +12,7 @@ SPARK_MASTER_VAR = "PIPELINE_PATTERNS_SPARK_MASTER"
 SPARK_DRIVER_MEMORY_VAR = "PIPELINE_PATTERNS_SPARK_DRIVER_MEMORY"
 FEED_VOLUME_VAR = "PIPELINE_PATTERNS_FEED_VOLUME"
 EXECUTOR_VAR = "PIPELINE_PATTERNS_EXECUTOR"
+BREAKER_STORE_VAR = "PIPELINE_PATTERNS_BREAKER_STORE"
 ALERT_WEBHOOK_VAR = "PIPELINE_PATTERNS_ALERT_WEBHOOK_URL"
 SLACK_TOKEN_VAR = "SLACK_BOT_TOKEN"
 
@@ -25,6 +26,12 @@ def spark_master() -> str:
     """Where Spark runs: $PIPELINE_PATTERNS_SPARK_MASTER, default local[*] (a JVM in the run's
     process); `sc://host:port` a Spark Connect server; `spark://host:port` a standalone cluster."""
     return os.environ.get(SPARK_MASTER_VAR) or "local[*]"
+
+
+def breaker_store(data: Path) -> str:
+    """Where the circuit breakers' shared state lives: $PIPELINE_PATTERNS_BREAKER_STORE, a SQLite
+    file or a postgresql:// URL; default <data dir>/breakers.sqlite."""
+    return os.environ.get(BREAKER_STORE_VAR) or str(data / "breakers.sqlite")
 
 
 def executor() -> str:

@@ -106,10 +106,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(
-    command: list[str], port: int, log_path: pathlib.Path, env: Mapping[str, str], timeout: float = 180
+    command: list[str],
+    port: int,
+    log_path: pathlib.Path,
+    env: Mapping[str, str],
+    timeout: float = 180,
+    stop: signal.Signals = signal.SIGTERM,
 ) -> Iterator[subprocess.Popen]:
     """A server started in a process group of its own, once it accepts connections on
-    127.0.0.1:`port`; afterwards exactly that group is stopped (TERM, then KILL)."""
+    127.0.0.1:`port`; afterwards exactly that group is stopped (`stop`, then KILL)."""
     with log_path.open("w") as log:
         server = subprocess.Popen(
             command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -126,7 +131,7 @@ def serving(
             yield server
         finally:
             with contextlib.suppress(ProcessLookupError):  # the group is gone already: nothing to stop
-                os.killpg(server.pid, signal.SIGTERM)
+                os.killpg(server.pid, stop)
             try:
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:

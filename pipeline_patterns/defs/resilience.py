@@ -3,7 +3,8 @@ backoff; circuit breaker; alerts).
 
 `call_dependency` is the one way an asset calls a flaky dependency:
 - through the dependency's circuit breaker, whose state lives in a SQLite file shared by every
-  process and run (an in-memory breaker protects nothing when each run is its own process);
+  process and run (an in-memory breaker protects nothing when each run is its own process), or
+  in PostgreSQL when several machines share it;
 - a retryable failure asks Dagster to retry the step (`RetryRequested`) after a wait computed by
   `BackoffPolicy`: Dagster's RetryPolicy has a fixed 2^n curve and no cap;
 - an open breaker retries the step after the breaker's remaining open time instead of failing;
@@ -27,7 +28,7 @@ from slack_sdk.errors import SlackClientError
 
 from pipeline_patterns.lib import alerts
 from pipeline_patterns.lib.backoff import BackoffPolicy, is_retryable
-from pipeline_patterns.lib.breaker import BreakerStatus, CircuitBreaker, CircuitOpenError
+from pipeline_patterns.lib.breaker import BreakerStatus, CircuitBreaker, CircuitOpenError, is_postgres
 
 T = TypeVar("T")
 _BACKOFF = BackoffPolicy()
@@ -112,7 +113,12 @@ class Breaker(dg.ConfigurableResource):
     seconds. State is shared through the SQLite file `store` by every process and run."""
 
     name: str = Field(description="The dependency's name; breakers of the same name share their state.")
-    store: str = Field(description="The SQLite file holding every breaker's state.")
+    store: str = Field(
+        description=(
+            "Where every breaker's state lives: a SQLite file (one machine), or a postgresql:// URL "
+            "(one breaker seen by every machine; e.g. the Dagster instance's database)."
+        )
+    )
     failure_threshold: int = Field(
         default=_BREAKER_DEFAULTS["failure_threshold"], description="Consecutive failures that open the breaker."
     )
@@ -122,7 +128,8 @@ class Breaker(dg.ConfigurableResource):
     )
 
     def breaker(self, on_change: Callable[[BreakerStatus, BreakerStatus], None] | None = None) -> CircuitBreaker:
-        pathlib.Path(self.store).parent.mkdir(parents=True, exist_ok=True)
+        if not is_postgres(self.store):
+            pathlib.Path(self.store).parent.mkdir(parents=True, exist_ok=True)
         return CircuitBreaker(
             self.name,
             self.store,

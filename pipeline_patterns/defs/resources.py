@@ -54,6 +54,7 @@ def spark_config() -> dict[str, str]:
 def build_resources(data_dir: Path) -> dict[str, object]:
     """Every resource the assets use, for a data dir (tests pass a temporary one)."""
     lake = Lake(uri=str(data_dir / "lake"))
+    breakers = environment.breaker_store(data_dir)
     volume = environment.feed_volume()
     # a smaller feed keeps the volume gate proportionate: 20 %, as 1,000 of the default 5,000
     sized: dict[str, Any] = {"orders_per_day": volume} if volume else {}
@@ -72,8 +73,8 @@ def build_resources(data_dir: Path) -> dict[str, object]:
             webhook_url=environment.alert_webhook_url(),
             slack_token=dg.EnvVar(environment.SLACK_TOKEN_VAR) if environment.slack_configured() else "",
         ),
-        "source_breaker": Breaker(name="orders_source", store=str(data_dir / "breakers.sqlite")),
-        "fx_breaker": Breaker(name="fx_rates", store=str(data_dir / "breakers.sqlite")),
+        "source_breaker": Breaker(name="orders_source", store=breakers),
+        "fx_breaker": Breaker(name="fx_rates", store=breakers),
         "healing_policy": HealingPolicy(),
         "publication": Publication(),
         "source_retries": RetrySettings(),

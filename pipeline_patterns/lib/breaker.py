@@ -10,6 +10,9 @@ Dagster runs steps, and runs, in separate processes, so an in-memory breaker pro
 state lives in a SQLite file, one row per breaker name, and every read-modify-write is one
 `BEGIN IMMEDIATE` transaction, so two processes never both get the trial. The file must be on a
 disk that every process sees locally (SQLite's locking is unreliable on network filesystems).
+When processes on several machines share a breaker, `store` is a PostgreSQL URL instead (the
+database of the Dagster instance, say): the same table, each transaction serialised by an
+advisory lock.
 
     breaker = CircuitBreaker("orders_source", data_dir / "breakers.sqlite")
     rows = breaker.call(fetch_orders, day)    # raises CircuitOpenError while the breaker is open
@@ -118,8 +121,8 @@ class _Row:
         )
 
 
-_COLUMNS = ", ".join(field.name for field in dataclasses.fields(_Row))
-_PLACEHOLDERS = ", ".join("?" for _ in dataclasses.fields(_Row))
+_FIELDS = [field.name for field in dataclasses.fields(_Row)]
+_COLUMNS = ", ".join(_FIELDS)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS circuit_breakers (
     name TEXT PRIMARY KEY,
@@ -151,21 +154,49 @@ def _use_wal(connection: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
-@contextlib.contextmanager
-def _transaction(store: str) -> Iterator[sqlite3.Connection]:
-    """One BEGIN IMMEDIATE transaction on a fresh connection, committed when the block ends.
+class _Rows:
+    """The breakers' table inside one open transaction: read one row or all, write one."""
 
-    A connection per operation is safe whatever the process model (fork, spawn, threads), and
-    IMMEDIATE takes the write lock before the first read, so no other process acts on the same
-    state in between.
-    """
+    def __init__(self, cursor: Any, placeholder: str, upsert: str) -> None:
+        self._cursor, self._placeholder, self._upsert = cursor, placeholder, upsert
+
+    def get(self, name: str) -> "_Row | None":
+        self._cursor.execute(f"SELECT {_COLUMNS} FROM circuit_breakers WHERE name = {self._placeholder}", (name,))
+        found = self._cursor.fetchone()
+        return _Row(*found) if found else None
+
+    def all(self) -> "list[_Row]":
+        self._cursor.execute(f"SELECT {_COLUMNS} FROM circuit_breakers ORDER BY name")
+        return [_Row(*r) for r in self._cursor.fetchall()]
+
+    def put(self, row: "_Row") -> None:
+        self._cursor.execute(self._upsert, dataclasses.astuple(row))
+
+
+def is_postgres(store: str) -> bool:
+    return store.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://"))
+
+
+@contextlib.contextmanager
+def _transaction(store: str) -> Iterator[_Rows]:
+    """One transaction over the breakers' table that no other process interleaves with,
+    committed when the block ends; on a fresh connection, which is safe whatever the process
+    model (fork, spawn, threads). `store` is a SQLite file, or a PostgreSQL URL
+    (`postgresql+psycopg2://user@host:port/db`, the instance's) for a breaker shared by every machine."""
+    if is_postgres(store):
+        with _postgres_transaction(store) as rows:
+            yield rows
+        return
     try:
         connection = sqlite3.connect(store, timeout=LOCK_TIMEOUT, isolation_level=None)
         try:
             _use_wal(connection)
+            # IMMEDIATE takes the write lock before the first read: no other process acts on
+            # the same state in between
             connection.execute("BEGIN IMMEDIATE")
             connection.execute(_SCHEMA)
-            yield connection
+            upsert = f"REPLACE INTO circuit_breakers ({_COLUMNS}) VALUES ({', '.join('?' for _ in _FIELDS)})"
+            yield _Rows(connection.cursor(), "?", upsert)
             connection.execute("COMMIT")
         finally:
             connection.close()  # rolls back a transaction left open by an error
@@ -175,6 +206,47 @@ def _transaction(store: str) -> Iterator[sqlite3.Connection]:
             "writable by every process that uses the breaker, on a local disk, and that no process "
             f"holds it locked for more than {LOCK_TIMEOUT:.0f} s"
         ) from error
+
+
+# Every breaker transaction on PostgreSQL first takes this transaction-level advisory lock: one
+# at a time, as SQLite's BEGIN IMMEDIATE gives (creating the table included).
+_PG_LOCK = 4_711_001
+
+
+@contextlib.contextmanager
+def _postgres_transaction(url: str) -> Iterator[_Rows]:
+    import psycopg2  # installed with dagster-postgres; only needed for a PostgreSQL store
+
+    scheme, _, rest = url.partition("://")
+    try:  # the instance's URL may name SQLAlchemy's driver (postgresql+psycopg2://); libpq does not
+        connection = psycopg2.connect(f"{scheme.split('+')[0]}://{rest}", connect_timeout=int(LOCK_TIMEOUT))
+    except psycopg2.Error as error:
+        raise BreakerStoreError(
+            f"circuit breaker store {_redacted(url)}: cannot connect ({error}); check the URL, that the "
+            "server is up and that this machine may reach it"
+        ) from error
+    try:
+        with connection, connection.cursor() as cursor:  # commits at the end, rolls back on error
+            cursor.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT)}s'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+            cursor.execute(_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
+            updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in _FIELDS if f != "name")
+            upsert = (
+                f"INSERT INTO circuit_breakers ({_COLUMNS}) VALUES ({', '.join('%s' for _ in _FIELDS)}) "
+                f"ON CONFLICT (name) DO UPDATE SET {updates}"
+            )
+            yield _Rows(cursor, "%s", upsert)
+    except psycopg2.Error as error:
+        raise BreakerStoreError(f"circuit breaker store {_redacted(url)} failed: {error}") from error
+    finally:
+        connection.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':')[0]}@{host}" if at else url
 
 
 def _closed(row: _Row) -> _Row:
@@ -331,17 +403,14 @@ class CircuitBreaker:
         self, decide: Callable[[_Row, float], _Row], always_notify: bool = False
     ) -> tuple[_Row, _Row, float]:
         """Apply `decide(row, now)` to this breaker's row in one transaction, then notify."""
-        with _transaction(self.store) as connection:
-            select = f"SELECT {_COLUMNS} FROM circuit_breakers WHERE name = ?"
-            stored = connection.execute(select, (self.name,)).fetchone()
+        with _transaction(self.store) as rows:
+            stored = rows.get(self.name)
             now = self._clock()  # read under the lock, so times never go backwards between writers
-            old = _Row(*stored) if stored else _Row(self.name, CLOSED, 0, None, self.recovery_timeout, None, None, now)
+            old = stored or _Row(self.name, CLOSED, 0, None, self.recovery_timeout, None, None, now)
             new = decide(old, now)
             if new != old or stored is None:  # a breaker's row appears on first use, for all_statuses
                 new = dataclasses.replace(new, recovery_timeout=self.recovery_timeout, updated_at=now)
-                connection.execute(
-                    f"REPLACE INTO circuit_breakers ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", dataclasses.astuple(new)
-                )
+                rows.put(new)
         changed = (old.state, old.trial_in_flight(now)) != (new.state, new.trial_in_flight(now))
         if self._on_change is not None and (changed or always_notify):
             self._on_change(old.status(now), new.status(now))
@@ -350,9 +419,10 @@ class CircuitBreaker:
 
 def all_statuses(store: str | os.PathLike, clock: Callable[[], float] = time.time) -> list[BreakerStatus]:
     """Every breaker in `store`, by name, e.g. for a CLI listing; none when the file does not exist."""
-    if not os.path.exists(store):
+    store = os.fspath(store)
+    if not is_postgres(store) and not os.path.exists(store):
         return []
-    with _transaction(os.fspath(store)) as connection:
+    with _transaction(store) as rows:
         now = clock()
-        rows = [_Row(*r) for r in connection.execute(f"SELECT {_COLUMNS} FROM circuit_breakers ORDER BY name")]
-    return [row.status(now) for row in rows]
+        found = rows.all()
+    return [row.status(now) for row in found]
