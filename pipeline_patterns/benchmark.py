@@ -116,9 +116,9 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
     lake = data_dir / "lake"
     days = [d.isoformat() for d in window.days]
     currencies = sorted({c for cs in CURRENCIES_BY_REGION.values() for c in cs} | {"USD"})
-    settings = GateSettings(known_currencies=tuple(currencies))
     clean_rows, quarantined = {}, {}
     for region in REGIONS:
+        settings = GateSettings(known_currencies=tuple(currencies), region=region)
         files = landing.landed_files(landing_root, region, window.days)
         by_day: dict[str, list[str]] = {d: [] for d in days}
         for file in files:

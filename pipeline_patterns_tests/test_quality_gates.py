@@ -22,7 +22,7 @@ from pipeline_patterns_tests.helpers import (
 )
 
 DAY = dt.date(2024, 1, 2)
-SETTINGS = GateSettings(min_orders_per_day=2, max_orders_per_day=10, known_currencies=("EUR", "USD"))
+SETTINGS = GateSettings(min_orders_per_day=2, max_orders_per_day=10, known_currencies=("EUR", "USD"), region="us-east")
 HEADER = "order_id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
 
 
@@ -64,6 +64,7 @@ FAILING = {
     "order_id_unique": orders(order_id=["o1", "o1", "o3"]),
     "volume_within_bounds": orders().slice(0, 1),
     "required_fields_present": orders(amount=[10.0, None, 1.0]),
+    "region_matches": orders(region=["us-east", "eu-west", "us-east"]),
     "amount_plausible": orders(amount=[10.0, float("nan"), 1e17]),
     "amount_non_negative": orders(amount=[10.0, -5.0, 1.0]),
     "currency_known": orders(currency=["USD", "XYZ", "USD"]),
@@ -193,6 +194,10 @@ BAD_INPUTS = {
     "a date without a time": (
         "o9,u9,us-east,1.00,USD,2024-01-02,b00,2024-01-02T12:00:00Z\n",
         {"values_parse", "required_fields_present"},
+    ),
+    "a row of another region": (
+        "o9,u9,eu-west,1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"region_matches"},
     ),
     "an empty amount": (
         "o9,u9,us-east,,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",

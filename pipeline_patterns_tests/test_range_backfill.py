@@ -183,10 +183,11 @@ def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark)
     collected to Arrow, judged and converted in this process) computes from the same landing."""
     data_dir, _, _ = backfill
     landing_root = data_dir / "landing"
-    settings = QualityGates(min_orders_per_day=TEST_MIN_ORDERS).settings(FxRates().currencies())
+    gates = QualityGates(min_orders_per_day=TEST_MIN_ORDERS)
     window = DayWindow(dt.date.fromisoformat(DAYS[0]), dt.date.fromisoformat(DAYS[-1]) + dt.timedelta(days=1))
     expected, clean_by_region, held = {}, [], set()
     for region in REGIONS:
+        settings = gates.settings(FxRates().currencies(), region)
         files = landing.landed_files(landing_root, region, window.days)
         staged = regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
         clean, quarantined = [], []

@@ -39,8 +39,8 @@ class QualityGates(dg.ConfigurableResource):
         default=_DEFAULTS.max_amount, description="Quarantine a region-day with an amount above this (or not finite)."
     )
 
-    def settings(self, known_currencies: list[str]) -> GateSettings:
-        return GateSettings(**self.model_dump(), known_currencies=tuple(sorted(known_currencies)))
+    def settings(self, known_currencies: list[str], region: str = "") -> GateSettings:
+        return GateSettings(**self.model_dump(), known_currencies=tuple(sorted(known_currencies)), region=region)
 
 
 def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:

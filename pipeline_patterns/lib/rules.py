@@ -27,6 +27,8 @@ class GateSettings:
     max_amount: float = 1_000_000.0
     known_currencies: tuple[str, ...] = ()
     """The currencies the FX service has rates for (the gate asks the service, not the feed)."""
+    region: str = ""
+    """The region whose feed is judged: a row of another region is quarantined ('' checks none)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,13 @@ def _required_present(orders, day, settings):
     return missing, {"columns": ", ".join(REQUIRED)}
 
 
+def _region_matches(orders, day, settings):
+    if not settings.region:
+        return None, {"region": "not checked"}
+    other = pc.fill_null(pc.not_equal(orders["region"], settings.region), False)  # a null: required_fields_present
+    return other, {"region": settings.region}
+
+
 def _amount_plausible(orders, day, settings):
     amount = orders["amount"]
     implausible = pc.or_(pc.invert(pc.is_finite(amount)), pc.greater(pc.abs(amount), settings.max_amount))
@@ -175,6 +184,7 @@ RULES: list[Rule] = [
         True,
         _required_present,
     ),
+    Rule("region_matches", "Every row belongs to the region whose feed delivered it.", True, _region_matches),
     Rule("amount_plausible", "Every amount is a finite number no larger than max_amount.", True, _amount_plausible),
     Rule("amount_non_negative", "No negative amounts.", True, _amount_non_negative),
     Rule("currency_known", "Every currency has an FX rate.", True, _currency_known),

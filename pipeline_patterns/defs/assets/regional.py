@@ -102,7 +102,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 days,
                 landed={d: landing_files.record_count(files_by_day[d]) for d in days},
                 header_drift={d: header_drift(files_by_day[d]) for d in days},
-                settings=quality_gates.settings(fx_rates.currencies()),
+                settings=quality_gates.settings(fx_rates.currencies(), region),
             )
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
             if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
