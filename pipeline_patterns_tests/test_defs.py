@@ -110,6 +110,7 @@ def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
         "required_fields_present",
         "amount_plausible",
         "region_matches",
+        "keys_plausible",
         "currency_known",
         "event_time_not_in_future",
         "event_time_fresh",

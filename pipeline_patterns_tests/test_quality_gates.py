@@ -65,6 +65,7 @@ FAILING = {
     "volume_within_bounds": orders().slice(0, 1),
     "required_fields_present": orders(amount=[10.0, None, 1.0]),
     "region_matches": orders(region=["us-east", "eu-west", "us-east"]),
+    "keys_plausible": orders(user_id=["u1", "u" * 257, "u3"]),
     "amount_plausible": orders(amount=[10.0, float("nan"), 1e17]),
     "amount_non_negative": orders(amount=[10.0, -5.0, 1.0]),
     "currency_known": orders(currency=["USD", "XYZ", "USD"]),
@@ -194,6 +195,10 @@ BAD_INPUTS = {
     "a date without a time": (
         "o9,u9,us-east,1.00,USD,2024-01-02,b00,2024-01-02T12:00:00Z\n",
         {"values_parse", "required_fields_present"},
+    ),
+    "a huge line": (
+        f"o9,{'u' * 2_000_000},us-east,1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
+        {"keys_plausible"},
     ),
     "a row of another region": (
         "o9,u9,eu-west,1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",

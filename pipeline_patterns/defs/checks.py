@@ -38,6 +38,10 @@ class QualityGates(dg.ConfigurableResource):
     max_amount: float = Field(
         default=_DEFAULTS.max_amount, description="Quarantine a region-day with an amount above this (or not finite)."
     )
+    max_key_length: int = Field(
+        default=_DEFAULTS.max_key_length,
+        description="Quarantine a region-day with an order or user id longer than this.",
+    )
 
     def settings(self, known_currencies: list[str], region: str = "") -> GateSettings:
         return GateSettings(**self.model_dump(), known_currencies=tuple(sorted(known_currencies)), region=region)

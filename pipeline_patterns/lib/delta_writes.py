@@ -359,7 +359,9 @@ def _stats(metadata: pq.FileMetaData, fields: list[pa.Field]) -> dict[str, Any]:
     maximum: dict[str, Any] = {}
     for index, field in enumerate(fields):
         column_stats = [metadata.row_group(g).column(index).statistics for g in range(metadata.num_row_groups)]
-        if any(s is None for s in column_stats):
+        # no statistics, or none for nulls (Parquet writers drop them for huge values): unknown,
+        # which a required column's check then refuses rather than reads as zero
+        if any(s is None or not s.has_null_count for s in column_stats):
             continue
         nulls[field.name] = sum(s.null_count for s in column_stats)
         bounded = [s for s in column_stats if s.has_min_max]

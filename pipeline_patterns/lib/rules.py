@@ -25,6 +25,8 @@ class GateSettings:
     freshness_lag_hours: float = 6.0
     future_tolerance_minutes: float = 5.0
     max_amount: float = 1_000_000.0
+    max_key_length: int = 256
+    """Longest order or user id accepted: a huge value is a broken line or an attack, not an id."""
     known_currencies: tuple[str, ...] = ()
     """The currencies the FX service has rates for (the gate asks the service, not the feed)."""
     region: str = ""
@@ -109,6 +111,14 @@ def _required_present(orders, day, settings):
     return missing, {"columns": ", ".join(REQUIRED)}
 
 
+def _keys_plausible(orders, day, settings):
+    too_long = pc.or_(
+        pc.greater(pc.utf8_length(orders["order_id"]), settings.max_key_length),
+        pc.greater(pc.utf8_length(orders["user_id"]), settings.max_key_length),
+    )
+    return pc.fill_null(too_long, False), {"max_key_length": settings.max_key_length}
+
+
 def _region_matches(orders, day, settings):
     if not settings.region:
         return None, {"region": "not checked"}
@@ -184,6 +194,7 @@ RULES: list[Rule] = [
         True,
         _required_present,
     ),
+    Rule("keys_plausible", "Order and user ids are at most max_key_length characters.", True, _keys_plausible),
     Rule("region_matches", "Every row belongs to the region whose feed delivered it.", True, _region_matches),
     Rule("amount_plausible", "Every amount is a finite number no larger than max_amount.", True, _amount_plausible),
     Rule("amount_non_negative", "No negative amounts.", True, _amount_non_negative),
