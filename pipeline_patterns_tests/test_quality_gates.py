@@ -1,6 +1,7 @@
 """Quality gates block bad region-days, quarantine them with reasons, and lose no row."""
 
 import datetime as dt
+import gzip
 import pathlib
 
 import dagster as dg
@@ -200,6 +201,12 @@ BAD_INPUTS = {
         f"o9,{'u' * 2_000_000},us-east,1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
         {"keys_plausible"},
     ),
+    # whole files (bytes) that are not UTF-8 CSV text: the reason names the file
+    "a latin-1 file": (
+        (HEADER + "\n" + GOOD.format(i=9).replace("u9", "u\xe9") + "\n").encode("latin-1"),
+        {"schema_matches"},
+    ),
+    "a file with a byte-order mark": (f"\ufeff{HEADER}\n{GOOD.format(i=9)}\n".encode(), {"schema_matches"}),
     "a row of another region": (
         "o9,u9,eu-west,1.00,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00Z\n",
         {"region_matches"},
@@ -225,7 +232,8 @@ BAD_INPUTS = {
 def test_bad_input_is_quarantined_with_a_reason(spark, tmp_path, case):
     extra, expected_checks = BAD_INPUTS[case]
     good = "\n".join(GOOD.format(i=i) for i in range(3)) + "\n"
-    files = {"b00.csv": f"{HEADER}\n{good}".encode(), "b01.csv": (f"{HEADER}\n{extra}" if extra else "").encode()}
+    second = extra if isinstance(extra, bytes) else (f"{HEADER}\n{extra}" if extra else "").encode()
+    files = {"b00.csv": f"{HEADER}\n{good}".encode(), "b01.csv": second}
     landing.land(tmp_path / "landing", "us-east", DAY, "hand-made", files)
     result = _materialize_small(tmp_path)
     failed = {
@@ -241,6 +249,26 @@ def test_bad_input_is_quarantined_with_a_reason(spark, tmp_path, case):
         ",".join(sorted(expected_checks, key=[r.name for r in RULES].index))
     }
     assert rows.num_rows == landed  # nothing lost: every landed line is in quarantine
+    if isinstance(extra, bytes):  # the reason names the file and what is wrong with it
+        drift = next(e for e in result.get_asset_check_evaluations() if e.check_name == "schema_matches")
+        assert drift.metadata["landed_header_drift"].value.startswith("b01.csv: "), drift.metadata
+
+
+@pytest.mark.spark
+def test_a_compressed_file_fails_the_region_day_naming_the_file_and_writes_nothing(spark, tmp_path):
+    """Its lines cannot be counted as records, so the accounting cannot hold: a clear refusal."""
+    good = "\n".join(GOOD.format(i=i) for i in range(3)) + "\n"
+    packed = gzip.compress(f"{HEADER}\n{GOOD.format(i=9)}\n".encode(), mtime=0)
+    landing.land(
+        tmp_path / "landing", "us-east", DAY, "hand-made", {"b00.csv": f"{HEADER}\n{good}".encode(), "b01.csv": packed}
+    )
+    result = _materialize_small(tmp_path)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "regional_orders/us_east: rows lost" in message and DAY.isoformat() in message
+    assert "b01.csv: gzip-compressed content, not CSV text: have the source deliver it uncompressed" in message
+    assert not (tmp_path / "lake" / "regional_orders" / "us_east" / "_delta_log").exists()
 
 
 REDELIVERED = {

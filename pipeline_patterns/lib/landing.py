@@ -9,6 +9,7 @@ switches the manifest; files once written are never modified.
     <root>/<region>/<day>/_manifest.json      -> the extraction readers use
 """
 
+import codecs
 import csv
 import dataclasses
 import datetime as dt
@@ -146,6 +147,36 @@ def record_count(files: list[str]) -> int:
 
 
 def header(file: str) -> list[str]:
-    """The column names of a landed CSV file ([] for an empty file)."""
-    with open(file, newline="") as handle:
-        return next(csv.reader(handle), [])
+    """The column names of a landed CSV file ([] for an empty file); bytes that are not UTF-8
+    show as U+FFFD (`content_problem` names them)."""
+    with open(file, "rb") as handle:
+        first = handle.readline().decode("utf-8", errors="replace")
+    return next(csv.reader([first]), [])
+
+
+_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed"}
+
+
+def content_problem(file: str) -> str | None:
+    """Why a landed file is not UTF-8 CSV text (compressed, or bytes that are not UTF-8), or None.
+    Read streaming; the error names the offset, never the content."""
+    with open(file, "rb") as handle:
+        start = handle.read(4)
+        for magic, kind in _MAGIC.items():
+            if start.startswith(magic):
+                return f"{kind} content, not CSV text: have the source deliver it uncompressed"
+        if start.startswith(codecs.BOM_UTF8):
+            return "starts with a byte-order mark (BOM): have the source deliver UTF-8 without one"
+        handle.seek(0)
+        decoder, offset = codecs.getincrementaldecoder("utf-8")("strict"), 0
+        try:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            return (
+                f"not UTF-8 text (an invalid byte near offset {offset + error.start}): have the source "
+                "deliver UTF-8, or re-encode the file at the source"
+            )
+    return None

@@ -101,7 +101,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 staged,
                 days,
                 landed={d: landing_files.record_count(files_by_day[d]) for d in days},
-                header_drift={d: header_drift(files_by_day[d]) for d in days},
+                header_drift=(drift := {d: header_drift(files_by_day[d]) for d in days}),
                 settings=quality_gates.settings(fx_rates.currencies(), region),
             )
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
@@ -112,11 +112,17 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             lost = [d.day for d in region_days if not d.accounted]
             if lost:
                 yield from checks
+                # a file that is not CSV text (compressed, another encoding) has no countable records
+                unreadable = [f"{d}: {text}" for d in lost if (text := drift[d]) and "not CSV text" in text]
                 raise dg.Failure(
                     description=(
                         f"{clean_key.to_user_string()}: rows lost between landing and the tables on {', '.join(lost)} "
-                        "(landed != processed + duplicates + superseded + quarantined); nothing was written. See "
-                        "the rows_accounted check, then the landed files of those days."
+                        "(landed != processed + duplicates + superseded + quarantined); nothing was written. "
+                        + (
+                            f"Landed files that are not CSV text: {'; '.join(unreadable)}."
+                            if unreadable
+                            else "See the rows_accounted check, then the landed files of those days."
+                        )
                     ),
                     allow_retries=False,
                 )
@@ -197,12 +203,14 @@ def report_region_day(
 
 
 def header_drift(files: list[str]) -> str | None:
-    """The landed files of a day whose header is not the expected one: schema drift at the source."""
-    drifted = [
-        f"{landing_files.delivered_name(file)}: {', '.join(columns)}"
-        for file in files
-        if (columns := landing_files.header(file)) and columns != list(RECORD_FIELDS)
-    ]
+    """The landed files of a day that are not UTF-8 CSV text, or whose header is not the expected
+    one: schema drift at the source (the `schema_matches` gate quarantines the day, naming them)."""
+    drifted = []
+    for file in files:
+        if problem := landing_files.content_problem(file):
+            drifted.append(f"{landing_files.delivered_name(file)}: {problem}")
+        elif (columns := landing_files.header(file)) and columns != list(RECORD_FIELDS):
+            drifted.append(f"{landing_files.delivered_name(file)}: {', '.join(columns)}")
     return "; ".join(drifted) or None
 
 
