@@ -111,7 +111,7 @@ def healing_decisions(
     minimum_interval_seconds=60,
     description=(
         "Re-runs failed days once a re-run can succeed (dependency back, correction delivered, no backfill "
-        "running), at most `healing.max_attempts` times each; then reports the day and leaves it for a person."
+        "running), at most `healing_policy.max_attempts` times each; then reports the day and leaves it for a person."
     ),
 )
 def heal_failed_days(
