@@ -106,7 +106,7 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
     from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, regional_orders_frame
     from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, clean_frame, judge_days, quarantined_frame
     from pipeline_patterns.lib.rules import GateSettings
-    from pipeline_patterns.lib.simulated_feed import CURRENCIES_BY_REGION, usd_rate
+    from pipeline_patterns.lib.simulated_feed import CURRENCIES_BY_REGION, RECORD_FIELDS, usd_rate
     from pipeline_patterns.lib.spark_tables import read_window, write_window
 
     builder = SparkSession.builder
@@ -119,18 +119,10 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
     clean_rows, quarantined = {}, {}
     for region in REGIONS:
         settings = GateSettings(known_currencies=tuple(currencies), region=region)
-        files = landing.landed_files(landing_root, region, window.days)
-        by_day: dict[str, list[str]] = {d: [] for d in days}
-        for file in files:
-            by_day[landing.day_of(file)].append(file)
+        landed = landing.inspect_days(landing_root, region, window.days, columns=list(RECORD_FIELDS))
+        files = [file for day in landed for file in day.files]
         staged = regional_orders_frame(spark, files).repartition("day").persist()
-        verdicts = judge_days(
-            staged,
-            days,
-            landed={d: landing.record_count(by_day[d]) for d in days},
-            header_drift={d: None for d in days},
-            settings=settings,
-        )
+        verdicts = judge_days(staged, landed, settings=settings)
         uri = str(lake / "regional_orders" / region_key(region))
         write_window(clean_frame(staged, verdicts), uri, window, REGIONAL_SCHEMA, clustered=True)
         write_window(

@@ -52,7 +52,7 @@ def test_a_symlink_in_the_landing_zone_is_refused_without_reading_it(tmp_path):
     landed = pathlib.Path(manifest.paths(tmp_path)[0])
     landed.unlink()
     landed.symlink_to(secret)
-    with pytest.raises(landing.MissingLandingDataError, match="is a link or lies outside the landing zone") as error:
+    with pytest.raises(landing.MissingLandingDataError, match="a link or a path outside the landing zone") as error:
         landing.landed_files(tmp_path, "us-east", [DAY])
     assert (
         "root:x" not in str(error.value)
@@ -76,3 +76,62 @@ def test_a_copied_data_dir_reads_its_own_landed_files(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     files = landing.landed_files(tmp_path / "b", "us-east", [DAY])
     assert [pathlib.Path(f).is_relative_to(tmp_path / "b") for f in files] == [True]
+
+
+COLUMNS = ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "records"),
+    [
+        (b"a,b\n1,2\n3,4\n", 2),
+        (b"a,b\r\n1,2\r\n3,4", 2),  # Windows line ends, no final one
+        (b"a,b\r1,2\r3,4\r", 2),  # old Mac line ends: Spark splits on \r too
+        (b"a,b\n1,2\n  \n\t\n\n3,4\n", 2),  # blank lines are no records (Spark skips them)
+        (b'a,b\n1,"x\ny"\n', 2),  # a quoted line break: two physical lines, two (malformed) records
+        (b"", 0),
+    ],
+)
+def test_records_are_counted_from_the_bytes_as_spark_splits_lines(tmp_path, payload, records):
+    landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": payload})
+    [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+    assert day.records == records and day.refused == [] and len(day.files) == 1
+
+
+def test_each_bad_file_is_refused_or_flagged_alone_and_the_other_files_are_read(tmp_path):
+    import gzip
+
+    manifest = landing.land(
+        tmp_path,
+        "us-east",
+        DAY,
+        "run-1",
+        {
+            "good.csv": b"a,b\n1,2\n",
+            "packed.csv": gzip.compress(b"a,b\n1,2\n"),
+            "latin.csv": "a,b\n\xe9,2\n".encode("latin-1"),
+            "drift.csv": b"a,c\n1,2\n",
+            "gone.csv": b"a,b\n1,2\n",
+        },
+    )
+    gone = next(f for f in manifest.paths(tmp_path) if f.endswith("gone.csv"))
+    pathlib.Path(gone).unlink()
+    [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+    assert sorted(landing.delivered_name(f) for f in day.files) == ["drift.csv", "good.csv", "latin.csv"]
+    assert day.records == 3
+    assert [r.split(":")[0] for r in day.refused] == [gone, "packed.csv"]
+    assert "missing from the landing zone; re-materialize raw_orders/us_east for 2024-01-02" in day.refused[0]
+    assert day.drift == [
+        "drift.csv: a, c",
+        "latin.csv: not UTF-8 text (an invalid byte near offset 4): have the "
+        "source deliver UTF-8, or re-encode the file at the source",
+    ]
+
+
+def test_a_corrupt_manifest_refuses_its_day_only(tmp_path):
+    landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    landing.land(tmp_path, "us-east", DAY + dt.timedelta(1), "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    (landing.region_day_dir(tmp_path, "us-east", DAY) / landing.MANIFEST).write_bytes(b"\xff{")
+    first, second = landing.inspect_days(tmp_path, "us-east", [DAY, DAY + dt.timedelta(1)], COLUMNS)
+    assert first.files == [] and "is corrupt (UnicodeDecodeError)" in first.refused[0]
+    assert second.records == 1 and second.refused == []

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline_patterns.defs.assets.regional import header_drift
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.defs.sources import FxRates
@@ -19,7 +18,13 @@ from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA, daily_revenue_table, regional_orders_frame
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS, QUARANTINE_SCHEMA, judge
-from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects, usd_rate
+from pipeline_patterns.lib.simulated_feed import (
+    RECORD_FIELDS,
+    FeedSettings,
+    expected_orders,
+    region_day_defects,
+    usd_rate,
+)
 from pipeline_patterns_tests.helpers import TEST_MIN_ORDERS, TEST_ORDERS_PER_DAY, materialize
 
 pytestmark = pytest.mark.spark
@@ -188,19 +193,13 @@ def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark)
     expected, clean_by_region, held = {}, [], set()
     for region in REGIONS:
         settings = gates.settings(FxRates().currencies(), region)
-        files = landing.landed_files(landing_root, region, window.days)
+        landed = landing.inspect_days(landing_root, region, window.days, columns=list(RECORD_FIELDS))
+        files = [f for day in landed for f in day.files]
         staged = regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
         clean, quarantined = [], []
-        for day in DAYS:
+        for day, day_landed in zip(DAYS, landed, strict=True):
             rows = staged.filter(pc.equal(staged["day"], day))
-            day_files = [f for f in files if landing.day_of(f) == day]
-            verdict = judge(
-                day,
-                rows,
-                landed=landing.record_count(day_files),
-                header_drift=header_drift(day_files),
-                settings=settings,
-            )
+            verdict = judge(day, [rows], landed=day_landed, settings=settings)  # one batch; ids counted here
             kept = rows.drop_columns(["duplicates", "superseded"])
             if verdict.branch == "processed":
                 clean.append(kept.select(REGIONAL_SCHEMA.names).cast(REGIONAL_SCHEMA))

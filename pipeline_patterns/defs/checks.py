@@ -38,6 +38,14 @@ class QualityGates(dg.ConfigurableResource):
     max_amount: float = Field(
         default=_DEFAULTS.max_amount, description="Quarantine a region-day with an amount above this (or not finite)."
     )
+    max_event_age_days: float = Field(
+        default=_DEFAULTS.max_event_age_days,
+        description="Quarantine a region-day with an event time more than this many days before the day.",
+    )
+    max_delivery_delay_days: float = Field(
+        default=_DEFAULTS.max_delivery_delay_days,
+        description="Quarantine a region-day with a delivery time more than this many days after the day.",
+    )
     max_key_length: int = Field(
         default=_DEFAULTS.max_key_length,
         description="Quarantine a region-day with an order or user id longer than this.",

@@ -27,8 +27,9 @@ class LandingZone(dg.ConfigurableResource):
         manifest = landing.read_manifest(pathlib.Path(self.root), region, day)
         return manifest.run_id if manifest else None
 
-    def files(self, region: str, days: list[dt.date]) -> list[str]:
-        return landing.landed_files(pathlib.Path(self.root), region, days)
+    def inspect(self, region: str, days: list[dt.date]) -> list[landing.LandedDay]:
+        """Each day's landed files: read, drifted from the expected header, or refused."""
+        return landing.inspect_days(pathlib.Path(self.root), region, days, columns=list(RECORD_FIELDS))
 
 
 class LandingIOManager(dg.ConfigurableIOManager):

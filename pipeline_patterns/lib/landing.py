@@ -89,45 +89,96 @@ def read_manifest(root: Path, region: str, day: dt.date) -> Manifest | None:
     try:
         return Manifest(**json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
-        raise MissingLandingDataError(
+        raise CorruptManifestError(
             f"the landing manifest {path} of region {region} on {day} is corrupt ({type(error).__name__}); "
-            f"re-materialize raw_orders/{region.replace('-', '_')} for {day} to land the day again"
+            f"{_reland(region, day)}"
         ) from None
 
 
 class MissingLandingDataError(FileNotFoundError):
-    """Some region-days of a window have no landed extraction yet."""
+    """Some region-days of a window have no landed extraction yet, or a landed file is unusable."""
 
 
-def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
-    """The files of the current extraction of every day, or a clear error naming missing days."""
-    files: list[str] = []
+class CorruptManifestError(MissingLandingDataError):
+    """A region-day's manifest cannot be read."""
+
+
+def _reland(region: str, day: dt.date | str) -> str:
+    return f"re-materialize raw_orders/{region.replace('-', '_')} for {day} to land the day again"
+
+
+@dataclasses.dataclass(frozen=True)
+class LandedDay:
+    """What the landing zone holds for one region-day, file by file. Every file is either read
+    (`files`, by exact path) or refused unread (`refused`); a read file whose header or encoding
+    is not the expected one is also named in `drift`."""
+
+    region: str
+    day: str
+    files: list[str]
+    records: int
+    """Records in `files`: non-blank lines after each file's header, line breaks \n, \r\n or \r
+    (as Spark splits them), counted from the bytes so the accounting does not trust the parser."""
+    drift: list[str]
+    """`<delivered name>: <what is unexpected>` for read files: schema_matches fails the day."""
+    refused: list[str]
+    """`<file>: <why>; <remedy>` for files not read: files_readable fails the day."""
+
+
+def inspect_days(root: Path, region: str, days: list[dt.date], columns: list[str]) -> list[LandedDay]:
+    """Decide, for each day's current extraction, what every landed file is: read, drifted or
+    refused (a link, a path outside the landing zone, a missing file, compressed content, or a
+    corrupt manifest). A refusal concerns its region-day only; days with no extraction at all
+    are an error naming them (their raw assets must run first). Streams each file once."""
+    found: list[LandedDay] = []
     missing: list[str] = []
     for day in days:
-        manifest = read_manifest(root, region, day)
+        try:
+            manifest = read_manifest(root, region, day)
+        except CorruptManifestError as error:
+            found.append(LandedDay(region, day.isoformat(), [], 0, [], [str(error)]))
+            continue
         if manifest is None:
             missing.append(day.isoformat())
             continue
-        paths = manifest.paths(root)
-        outside = [f for f in paths if os.path.islink(f) or not _inside(root, f)]
-        if outside:
-            raise MissingLandingDataError(
-                f"landed file {outside[0]} of region {region} on {day} is a link or lies outside the landing "
-                f"zone {root}: refused. Re-materialize raw_orders/{region.replace('-', '_')} for {day}"
-            )
-        lost = [f for f in paths if not os.path.exists(f)]
-        if lost:
-            raise MissingLandingDataError(
-                f"landed file {lost[0]} of region {region} on {day} is missing (manifest "
-                f"{region_day_dir(root, region, day) / MANIFEST}): re-materialize raw_orders/"
-                f"{region.replace('-', '_')} for {day}"
-            )
-        files.extend(paths)
+        files, drift, refused, records = [], [], [], 0
+        for file in manifest.paths(root):
+            name = delivered_name(file)
+            if os.path.islink(file) or not _inside(root, file):
+                refused.append(
+                    f"{file}: a link or a path outside the landing zone {root}, refused unread; {_reland(region, day)}"
+                )
+            elif not os.path.isfile(file):
+                refused.append(f"{file}: missing from the landing zone; {_reland(region, day)}")
+            elif kind := _compressed(file):
+                refused.append(
+                    f"{name}: {kind} content, not CSV text, refused unread; have the source deliver it uncompressed"
+                )
+            else:
+                files.append(file)
+                problem, lines = _scan(file)
+                records += max(lines - 1, 0)
+                if problem:
+                    drift.append(f"{name}: {problem}")
+                elif (landed_columns := header(file)) and landed_columns != columns:
+                    drift.append(f"{name}: {', '.join(landed_columns)}")
+        found.append(LandedDay(region, day.isoformat(), files, records, drift, refused))
     if missing:
         raise MissingLandingDataError(
             f"no landed data for region {region} on {', '.join(missing)} under {root}: "
             f"materialize raw_orders/{region.replace('-', '_')} for those days first"
         )
+    return found
+
+
+def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
+    """The files of the current extraction of every day, or a clear error naming what is missing
+    or refused (for readers that need every file: the regional assets use `inspect_days`)."""
+    files: list[str] = []
+    for landed in inspect_days(root, region, days, columns=[]):
+        if landed.refused:
+            raise MissingLandingDataError(f"region {region} on {landed.day}: {landed.refused[0]}")
+        files.extend(landed.files)
     return files
 
 
@@ -136,47 +187,54 @@ def _inside(root: Path, file: str) -> bool:
 
 
 def record_count(files: list[str]) -> int:
-    """Records landed: non-empty lines after each file's header, counted from the files
-    themselves so the row accounting does not trust the parser it audits."""
-    total = 0
-    for name in files:
-        with open(name, "rb") as handle:
-            lines = sum(1 for line in handle if line.strip())
-        total += max(lines - 1, 0)
-    return total
+    """Records landed in these files: non-blank lines after each file's header."""
+    return sum(max(_scan(file)[1] - 1, 0) for file in files)
 
 
 def header(file: str) -> list[str]:
     """The column names of a landed CSV file ([] for an empty file); bytes that are not UTF-8
-    show as U+FFFD (`content_problem` names them)."""
+    show as U+FFFD (`_scan` names them)."""
     with open(file, "rb") as handle:
-        first = handle.readline().decode("utf-8", errors="replace")
-    return next(csv.reader([first]), [])
+        start = handle.read(1 << 16).decode("utf-8", errors="replace")  # a header is short; a line may not be
+    return next(csv.reader([re.split(r"\r\n|\r|\n", start, maxsplit=1)[0]]), [])
 
 
 _MAGIC = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed"}
 
 
-def content_problem(file: str) -> str | None:
-    """Why a landed file is not UTF-8 CSV text (compressed, or bytes that are not UTF-8), or None.
-    Read streaming; the error names the offset, never the content."""
+def _compressed(file: str) -> str | None:
     with open(file, "rb") as handle:
         start = handle.read(4)
-        for magic, kind in _MAGIC.items():
-            if start.startswith(magic):
-                return f"{kind} content, not CSV text: have the source deliver it uncompressed"
-        if start.startswith(codecs.BOM_UTF8):
-            return "starts with a byte-order mark (BOM): have the source deliver UTF-8 without one"
-        handle.seek(0)
-        decoder, offset = codecs.getincrementaldecoder("utf-8")("strict"), 0
+    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
+
+
+def _scan(file: str) -> tuple[str | None, int]:
+    """Why a landed file is not plain UTF-8 text (a byte-order mark, bytes that are not UTF-8)
+    or None, and its non-blank lines. One streaming pass; a problem names the offset, never the
+    content."""
+    decoder, offset, lines, problem, pending = codecs.getincrementaldecoder("utf-8")("strict"), 0, 0, None, b""
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
+                problem = "starts with a byte-order mark (BOM): have the source deliver UTF-8 without one"
+            if problem is None:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as error:
+                    problem = (
+                        f"not UTF-8 text (an invalid byte near offset {offset + error.start}): have the source "
+                        "deliver UTF-8, or re-encode the file at the source"
+                    )
+            offset += len(chunk)
+            # the last line may continue in the next chunk (and a \r may be followed by its \n)
+            text = (pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            *complete, pending = text.split(b"\n")  # a \r\n cut in two adds a blank line: not counted
+            lines += sum(1 for line in complete if line.strip())
+    if pending.strip():
+        lines += 1
+    if problem is None:
         try:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                decoder.decode(chunk)
-                offset += len(chunk)
             decoder.decode(b"", final=True)
-        except UnicodeDecodeError as error:
-            return (
-                f"not UTF-8 text (an invalid byte near offset {offset + error.start}): have the source "
-                "deliver UTF-8, or re-encode the file at the source"
-            )
-    return None
+        except UnicodeDecodeError:
+            problem = "not UTF-8 text (the file ends inside a character): have the source deliver UTF-8"
+    return problem, lines

@@ -49,9 +49,12 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
     `superseded` (older deliveries with other content, replaced by the kept newest one). A parse
     error in ANY delivery of the order is carried onto the kept row, so a malformed delivery is
     quarantined rather than silently outranked."""
-    landed = spark.read.csv(
-        files, header=True, schema=LANDED_SCHEMA, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record"
-    )
+    if files:
+        landed = spark.read.csv(
+            files, header=True, schema=LANDED_SCHEMA, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record"
+        ).withColumn("_path", F.col("_metadata.file_path"))
+    else:  # every file of the window refused
+        landed = spark.createDataFrame([], f"{LANDED_SCHEMA}, _path STRING")
     typed = landed.select(
         F.nullif(F.trim("order_id"), F.lit("")).alias("order_id"),
         F.nullif(F.trim("user_id"), F.lit("")).alias("user_id"),
@@ -61,7 +64,7 @@ def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
         _timestamp("event_ts").alias("event_ts"),
         F.trim("batch_id").alias("batch_id"),
         _timestamp("delivered_at").alias("delivered_at"),
-        F.regexp_extract(F.col("_metadata.file_path"), landing.DAY_IN_PATH, 1).alias("day"),
+        F.regexp_extract(F.col("_path"), landing.DAY_IN_PATH, 1).alias("day"),
         F.concat_ws(
             ",",
             F.when(F.col("_corrupt_record").isNotNull(), F.lit("malformed_line")),

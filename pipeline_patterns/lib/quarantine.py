@@ -13,15 +13,16 @@ send each day's rows down its branch, in Spark, without the driver ever holding 
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipeline_patterns.lib.landing import LandedDay
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA
-from pipeline_patterns.lib.rules import GateSettings, RuleOutcome, blocking_failures, evaluate_day
+from pipeline_patterns.lib.rules import SAMPLES, DayJudge, GateSettings, RuleOutcome, blocking_failures
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -46,8 +47,11 @@ class RegionDay:
     """Rows after deduplication: all go to the clean table, or all to quarantine."""
     outcomes: list[RuleOutcome]
     landed: int
+    """Records in the day's read files; a refused file's are not counted (it was not read)."""
     duplicates: int
     superseded: int
+    refused: list[str] = dataclasses.field(default_factory=list)
+    """Landed files not read, with why (the day is quarantined by files_readable)."""
 
     @property
     def failed_checks(self) -> list[str]:
@@ -72,7 +76,8 @@ class RegionDay:
     @property
     def accounted(self) -> bool:
         """landed = processed + duplicates + superseded + quarantined: every landed row is kept,
-        a true copy of a kept row, an older version of a kept row, or in quarantine."""
+        a true copy of a kept row, an older version of a kept row, or in quarantine (a refused
+        file's day is quarantined as a whole; the file stays in the landing zone, named)."""
         return self.landed == self.rows + self.duplicates + self.superseded
 
     def to_json(self) -> str:
@@ -84,49 +89,59 @@ class RegionDay:
         return cls(**{**fields, "outcomes": [RuleOutcome(**o) for o in fields["outcomes"]]})
 
 
-def judge(day: str, staged: pa.Table, *, landed: int, header_drift: str | None, settings: GateSettings) -> RegionDay:
-    """Gate one region-day's deduplicated rows (`STAGED_SCHEMA`). `landed` counts the day's
-    records in the landed files."""
-    duplicates = pc.sum(staged["duplicates"]).as_py() or 0
-    superseded = pc.sum(staged["superseded"]).as_py() or 0
-    rows = staged.drop_columns(["duplicates", "superseded"])
-    gated = rows.append_column("landed_columns", pa.array([header_drift] * rows.num_rows, pa.string()))
-    outcomes = evaluate_day(gated, dt.date.fromisoformat(day), settings)
-    return RegionDay(day, rows.num_rows, outcomes, landed, duplicates, superseded)
-
-
-def judge_days(
-    staged: DataFrame,
-    days: list[str],
+def judge(
+    day: str,
+    batches: Iterable[pa.Table],
     *,
-    landed: Mapping[str, int],
-    header_drift: Mapping[str, str | None],
+    landed: LandedDay,
     settings: GateSettings,
-) -> list[RegionDay]:
-    """`judge` every day of `days`, on the executors: each day's rows reach one Python worker as
-    one Arrow table; only the verdicts come back. A day without any row is judged here."""
+    repeated: tuple[int, list[str]] | None = None,
+) -> RegionDay:
+    """Gate one region-day's deduplicated rows (`STAGED_SCHEMA`), fed in batches. `landed` is
+    what the landing zone holds for the day (its records, drifted and refused files)."""
+    gate = DayJudge(dt.date.fromisoformat(day), settings, landed, repeated)
+    duplicates = superseded = 0
+    for batch in batches:
+        duplicates += pc.sum(batch["duplicates"]).as_py() or 0
+        superseded += pc.sum(batch["superseded"]).as_py() or 0
+        gate.add(batch.drop_columns(["duplicates", "superseded"]))
+    return RegionDay(day, gate.rows, gate.outcomes(), landed.records, duplicates, superseded, landed.refused)
 
-    def judge_group(table: pa.Table) -> pa.Table:
-        table = table.select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)
-        day = table["day"][0].as_py()
-        verdict = judge(day, table, landed=landed.get(day, 0), header_drift=header_drift.get(day), settings=settings)
-        return pa.table({"day": [day], "verdict": [verdict.to_json()]})
+
+def judge_days(staged: DataFrame, landed: Sequence[LandedDay], *, settings: GateSettings) -> list[RegionDay]:
+    """`judge` every day of `landed`, on the executors: each day's rows reach one Python worker
+    as a stream of Arrow batches (memory: one batch, whatever the day's size); only the verdicts
+    come back. Spark counts repeated order ids over whole days first. A day without any row is
+    judged here."""
+    by_day = {d.day: d for d in landed}
+    repeated = {
+        row["day"]: (row["rows"], row["sample"])
+        for row in staged.where(F.col("order_id").isNotNull())
+        .groupBy("day", "order_id")
+        .count()
+        .where("count > 1")
+        .groupBy("day")
+        .agg(
+            F.sum("count").alias("rows"), F.slice(F.array_sort(F.collect_list("order_id")), 1, SAMPLES).alias("sample")
+        )
+        .collect()
+    }
+
+    def judge_group(key: tuple, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        day = key[0].as_py()
+        tables = (pa.Table.from_batches([b]).select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA) for b in batches)
+        verdict = judge(day, tables, landed=by_day[day], settings=settings, repeated=repeated.get(day, (0, [])))
+        yield pa.RecordBatch.from_pydict({"day": [day], "verdict": [verdict.to_json()]})
 
     verdicts = staged.groupBy("day").applyInArrow(judge_group, "day string, verdict string").toArrow()
     judged = {
         d: RegionDay.from_json(v)
         for d, v in zip(verdicts["day"].to_pylist(), verdicts["verdict"].to_pylist(), strict=True)
     }
-    for day in set(days) - set(judged):
-        empty = judge(
-            day,
-            STAGED_SCHEMA.empty_table(),
-            landed=landed.get(day, 0),
-            header_drift=header_drift.get(day),
-            settings=settings,
-        )
+    for day in set(by_day) - set(judged):
+        empty = judge(day, [], landed=by_day[day], settings=settings, repeated=(0, []))
         judged[day] = RegionDay.from_json(empty.to_json())  # as the executors' verdicts travel
-    return [judged[day] for day in days]
+    return [judged[d.day] for d in landed]
 
 
 def _branch_days(spark: SparkSession, region_days: list[RegionDay], branch: str) -> DataFrame:

@@ -3,15 +3,20 @@
 One definition per rule, parameterised, reused for every region: each returns whether the
 region-day passed, how many rows failed, sample order ids and its parameters. A region-day that
 fails any blocking rule goes to quarantine as a whole; the clean table never holds it.
+
+A day is judged in batches (`DayJudge`), so a region-day of any size is judged in the memory of
+one batch: row rules flag rows batch by batch; day rules judge `DayFacts`, the day's totals
+(rows, newest event, repeated ids) and what the landing zone said of its files.
 """
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline_patterns.lib.landing import LandedDay
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
 
 
@@ -25,6 +30,11 @@ class GateSettings:
     freshness_lag_hours: float = 6.0
     future_tolerance_minutes: float = 5.0
     max_amount: float = 1_000_000.0
+    max_event_age_days: float = 7.0
+    """Oldest event time a feed day may carry (before the day's start): older is a broken
+    timestamp, not a late order."""
+    max_delivery_delay_days: float = 7.0
+    """Latest delivery time a feed day may carry, after the day's end."""
     max_key_length: int = 256
     """Longest order or user id accepted: a huge value is a broken line or an attack, not an id."""
     known_currencies: tuple[str, ...] = ()
@@ -42,8 +52,13 @@ class RuleOutcome:
     details: dict[str, object]
 
 
+SAMPLES = 5
+
+
 @dataclasses.dataclass(frozen=True)
-class Rule:
+class RowRule:
+    """A rule that flags rows: a day fails when any row does."""
+
     name: str
     description: str
     blocking: bool
@@ -53,24 +68,34 @@ class Rule:
     def severity(self) -> str:
         return "ERROR" if self.blocking else "WARN"
 
-    def evaluate(self, orders: pa.Table, day: dt.date, settings: GateSettings) -> RuleOutcome:
-        bad_mask, details = self.check(orders, day, settings)
-        failing = orders.filter(bad_mask) if bad_mask is not None else orders.slice(0, 0)
-        passed = not details.pop("_failed", failing.num_rows > 0)
-        # the smallest ids, not the first Spark returned: the reason is part of the content
-        smallest = (
-            pc.select_k_unstable(failing, 5, [("order_id", "ascending")])
-            if failing.num_rows
-            else pa.array([], pa.uint64())
-        )
-        return RuleOutcome(
-            rule=self.name,
-            passed=passed,
-            failing_rows=failing.num_rows,
-            # the smallest ids, not the first Spark returned: the reason is part of the content
-            sample_keys=[str(k) for k in failing.take(smallest)["order_id"].to_pylist()],
-            details=details,
-        )
+
+@dataclasses.dataclass(frozen=True)
+class DayFacts:
+    """What the day rules judge: totals over all of a region-day's rows, and its landed files."""
+
+    rows: int
+    newest_event: dt.datetime | None
+    repeated_ids: int
+    """Rows whose order_id another row of the day also has."""
+    repeated_sample: list[str]
+    columns: dict[str, str]
+    """Name -> type of the judged rows."""
+    landed: LandedDay | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DayRule:
+    """A rule over the day as a whole."""
+
+    name: str
+    description: str
+    blocking: bool
+    check: Callable[[DayFacts, dt.date, GateSettings], tuple[bool, dict]]
+    """-> (failed, details); details may carry `failing_rows` and `sample_keys`."""
+
+    @property
+    def severity(self) -> str:
+        return "ERROR" if self.blocking else "WARN"
 
 
 def _not_null(column: str) -> Callable:
@@ -78,23 +103,6 @@ def _not_null(column: str) -> Callable:
         return pc.is_null(orders[column]), {"column": column}
 
     return check
-
-
-def _unique_order_id(orders, day, settings):
-    counts = orders.group_by("order_id").aggregate([("order_id", "count")])
-    repeated = counts.filter(pc.greater(counts["order_id_count"], 1))["order_id"]
-    return pc.is_in(orders["order_id"], value_set=repeated), {}
-
-
-def _volume(orders, day, settings):
-    rows = orders.num_rows
-    inside = settings.min_orders_per_day <= rows <= settings.max_orders_per_day
-    return None, {
-        "_failed": not inside,
-        "orders": rows,
-        "min_orders_per_day": settings.min_orders_per_day,
-        "max_orders_per_day": settings.max_orders_per_day,
-    }
 
 
 def _values_parse(orders, day, settings):
@@ -137,7 +145,7 @@ def _amount_non_negative(orders, day, settings):
 
 
 def _currency_known(orders, day, settings):
-    known = pc.is_in(orders["currency"], value_set=pa.array(settings.known_currencies))
+    known = pc.is_in(orders["currency"], value_set=pa.array(settings.known_currencies, pa.string()))
     return pc.invert(pc.fill_null(known, False)), {"known_currencies": ", ".join(settings.known_currencies)}
 
 
@@ -151,62 +159,189 @@ def _not_in_future(orders, day, settings):
     return pc.fill_null(later, False), {"latest_allowed": limit.isoformat()}
 
 
-def _fresh(orders, day, settings):
-    newest = pc.max(orders["event_ts"]).as_py()
-    oldest_allowed = _day_end(day) - dt.timedelta(hours=settings.freshness_lag_hours)
-    return None, {
-        "_failed": newest is None or newest < oldest_allowed,
-        "newest_event": newest.isoformat() if newest else "none",
-        "oldest_allowed": oldest_allowed.isoformat(),
+def _times_in_range(orders, day, settings):
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    earliest = pa.scalar(start - dt.timedelta(days=settings.max_event_age_days), pa.timestamp("us", tz="UTC"))
+    latest = pa.scalar(
+        _day_end(day) + dt.timedelta(days=settings.max_delivery_delay_days), pa.timestamp("us", tz="UTC")
+    )
+    out = pc.or_(
+        pc.less(orders["event_ts"], earliest),
+        pc.or_(pc.less(orders["delivered_at"], earliest), pc.greater(orders["delivered_at"], latest)),
+    )
+    return pc.fill_null(out, False), {
+        "earliest_allowed": earliest.as_py().isoformat(),
+        "latest_delivery_allowed": latest.as_py().isoformat(),
     }
 
 
-def _schema(orders, day, settings):
+def _files_readable(facts: DayFacts, day, settings):
+    refused = facts.landed.refused if facts.landed else []
+    return bool(refused), {"refused_files": "; ".join(refused) or "none"}
+
+
+def _schema(facts: DayFacts, day, settings):
     expected = {f.name: str(f.type) for f in REGIONAL_SCHEMA}
-    actual = {f.name: str(f.type) for f in orders.schema if f.name in expected}
+    actual = {k: v for k, v in facts.columns.items() if k in expected}
     drift = {k: f"{actual.get(k, 'missing')} (expected {v})" for k, v in expected.items() if actual.get(k) != v}
-    extra = sorted(set(orders.column_names) - set(expected) - {"parse_errors", "landed_columns"})
-    header_drift = (
-        sorted(set(pc.unique(orders["landed_columns"]).to_pylist()) - {None})
-        if "landed_columns" in orders.column_names
-        else []
-    )
-    return None, {
-        "_failed": bool(drift or extra or header_drift),
+    extra = sorted(set(facts.columns) - set(expected) - {"parse_errors"})
+    header_drift = facts.landed.drift if facts.landed else []
+    return bool(drift or extra or header_drift), {
         "drift": str(drift) if drift else "none",
         "unexpected_columns": ", ".join(extra) or "none",
         "landed_header_drift": "; ".join(header_drift) or "none",
     }
 
 
-RULES: list[Rule] = [
-    Rule("schema_matches", "Columns and types are the expected ones (schema drift is caught).", True, _schema),
-    Rule(
+def _unique_order_id(facts: DayFacts, day, settings):
+    return facts.repeated_ids > 0, {"failing_rows": facts.repeated_ids, "sample_keys": facts.repeated_sample}
+
+
+def _volume(facts: DayFacts, day, settings):
+    inside = settings.min_orders_per_day <= facts.rows <= settings.max_orders_per_day
+    return not inside, {
+        "orders": facts.rows,
+        "min_orders_per_day": settings.min_orders_per_day,
+        "max_orders_per_day": settings.max_orders_per_day,
+    }
+
+
+def _fresh(facts: DayFacts, day, settings):
+    newest = facts.newest_event
+    oldest_allowed = _day_end(day) - dt.timedelta(hours=settings.freshness_lag_hours)
+    return newest is None or newest < oldest_allowed, {
+        "newest_event": newest.isoformat() if newest else "none",
+        "oldest_allowed": oldest_allowed.isoformat(),
+    }
+
+
+RULES: list[RowRule | DayRule] = [
+    DayRule(
+        "files_readable",
+        "Every landed file of the day was read: none refused (a link, outside the landing zone, missing, "
+        "compressed, or a corrupt manifest).",
+        True,
+        _files_readable,
+    ),
+    DayRule("schema_matches", "Columns and types are the expected ones (schema drift is caught).", True, _schema),
+    RowRule(
         "values_parse", "Every line is well formed and every value parses (amounts, timestamps).", True, _values_parse
     ),
-    Rule("order_id_not_null", "Every order has an order_id.", True, _not_null("order_id")),
-    Rule("user_id_not_null", "Every order has a user_id.", True, _not_null("user_id")),
-    Rule("order_id_unique", "One row per order and day after deduplication.", True, _unique_order_id),
-    Rule("volume_within_bounds", "The day's order count is within the configured bounds.", True, _volume),
-    Rule(
+    RowRule("order_id_not_null", "Every order has an order_id.", True, _not_null("order_id")),
+    RowRule("user_id_not_null", "Every order has a user_id.", True, _not_null("user_id")),
+    DayRule("order_id_unique", "One row per order and day after deduplication.", True, _unique_order_id),
+    DayRule("volume_within_bounds", "The day's order count is within the configured bounds.", True, _volume),
+    RowRule(
         "required_fields_present",
         "Every order has a region, amount, currency, event time and delivery time.",
         True,
         _required_present,
     ),
-    Rule("keys_plausible", "Order and user ids are at most max_key_length characters.", True, _keys_plausible),
-    Rule("region_matches", "Every row belongs to the region whose feed delivered it.", True, _region_matches),
-    Rule("amount_plausible", "Every amount is a finite number no larger than max_amount.", True, _amount_plausible),
-    Rule("amount_non_negative", "No negative amounts.", True, _amount_non_negative),
-    Rule("currency_known", "Every currency has an FX rate.", True, _currency_known),
-    Rule("event_time_not_in_future", "No event time after the end of its feed day.", True, _not_in_future),
-    Rule("event_time_fresh", "The newest event is within the freshness lag of the day's end.", False, _fresh),
+    RowRule("keys_plausible", "Order and user ids are at most max_key_length characters.", True, _keys_plausible),
+    RowRule("region_matches", "Every row belongs to the region whose feed delivered it.", True, _region_matches),
+    RowRule("amount_plausible", "Every amount is a finite number no larger than max_amount.", True, _amount_plausible),
+    RowRule("amount_non_negative", "No negative amounts.", True, _amount_non_negative),
+    RowRule("currency_known", "Every currency has an FX rate.", True, _currency_known),
+    RowRule("event_time_not_in_future", "No event time after the end of its feed day.", True, _not_in_future),
+    RowRule(
+        "times_in_range",
+        "Event times no older than max_event_age_days before the feed day; delivery times within "
+        "max_event_age_days before and max_delivery_delay_days after it.",
+        True,
+        _times_in_range,
+    ),
+    DayRule("event_time_fresh", "The newest event is within the freshness lag of the day's end.", False, _fresh),
 ]
 
 
-def evaluate_day(orders: pa.Table, day: dt.date, settings: GateSettings) -> list[RuleOutcome]:
-    """Every rule over one region-day's (deduplicated) orders."""
-    return [rule.evaluate(orders, day, settings) for rule in RULES]
+def _smallest(keys: Iterable[str | None]) -> list[str | None]:
+    """The SAMPLES smallest ids, missing ones last: the reason is part of the content, so the
+    samples must not depend on the order Spark delivers rows in."""
+    return sorted(keys, key=lambda k: (k is None, k or ""))[:SAMPLES]
+
+
+class DayJudge:
+    """Judges one region-day fed in batches: memory is one batch's, whatever the day's size.
+    `repeated` is the day's repeated order ids (rows, smallest samples) when counted elsewhere
+    (Spark counts them over the whole day); without it the judge counts them itself, holding the
+    ids (fine for small days and tests)."""
+
+    def __init__(
+        self,
+        day: dt.date,
+        settings: GateSettings,
+        landed: LandedDay | None = None,
+        repeated: tuple[int, list[str]] | None = None,
+    ):
+        self.day, self.settings, self.landed, self.repeated = day, settings, landed, repeated
+        self.rows, self.newest, self.columns = 0, None, {f.name: str(f.type) for f in REGIONAL_SCHEMA}
+        self.failing = {r.name: 0 for r in RULES if isinstance(r, RowRule)}
+        self.samples: dict[str, list[str | None]] = {name: [] for name in self.failing}
+        self.details: dict[str, dict] = {}
+        self._ids: list[pa.Array] = []
+
+    def add(self, orders: pa.Table) -> None:
+        self.columns = {f.name: str(f.type) for f in orders.schema}
+        if orders.num_rows == 0:
+            return
+        self.rows += orders.num_rows
+        newest = pc.max(orders["event_ts"]).as_py()
+        if newest is not None and (self.newest is None or newest > self.newest):
+            self.newest = newest
+        if self.repeated is None:
+            self._ids.append(orders["order_id"].combine_chunks())
+        for rule in RULES:
+            if isinstance(rule, RowRule):
+                mask, self.details[rule.name] = rule.check(orders, self.day, self.settings)
+                if mask is None:
+                    continue
+                failing = orders.filter(mask)
+                if failing.num_rows:
+                    self.failing[rule.name] += failing.num_rows
+                    named = failing.filter(pc.is_valid(failing["order_id"]))
+                    first = pc.select_k_unstable(named, SAMPLES, [("order_id", "ascending")])
+                    ids = named.take(first)["order_id"].to_pylist() if named.num_rows else []
+                    ids += [None] * min(failing.num_rows - named.num_rows, SAMPLES)
+                    self.samples[rule.name] = _smallest([*self.samples[rule.name], *ids])
+
+    def facts(self) -> DayFacts:
+        repeated = self.repeated or _repeated(pa.chunked_array(self._ids, pa.string()))
+        return DayFacts(self.rows, self.newest, repeated[0], list(repeated[1]), self.columns, self.landed)
+
+    def outcomes(self) -> list[RuleOutcome]:
+        facts = self.facts()
+        outcomes = []
+        for rule in RULES:
+            if isinstance(rule, RowRule):
+                if rule.name not in self.details:  # no rows: the rule's parameters only
+                    _, self.details[rule.name] = rule.check(_EMPTY, self.day, self.settings)
+                failing, samples, details = self.failing[rule.name], self.samples[rule.name], self.details[rule.name]
+            else:
+                failed, details = rule.check(facts, self.day, self.settings)
+                details = dict(details)
+                failing, samples = details.pop("failing_rows", 0), details.pop("sample_keys", [])
+            passed = not failed if isinstance(rule, DayRule) else failing == 0
+            outcomes.append(RuleOutcome(rule.name, passed, failing, [str(k) for k in samples], details))
+        return outcomes
+
+
+_EMPTY = pa.schema([*REGIONAL_SCHEMA, pa.field("parse_errors", pa.string())]).empty_table()
+
+
+def _repeated(ids: pa.ChunkedArray) -> tuple[int, list[str]]:
+    counts = pa.table({"order_id": ids}).group_by("order_id").aggregate([("order_id", "count")])
+    repeated = counts.filter(pc.and_(pc.greater(counts["order_id_count"], 1), pc.is_valid(counts["order_id"])))
+    rows = pc.sum(repeated["order_id_count"]).as_py() or 0
+    return rows, [str(k) for k in _smallest(repeated["order_id"].to_pylist())]
+
+
+def evaluate_day(
+    orders: pa.Table, day: dt.date, settings: GateSettings, landed: LandedDay | None = None
+) -> list[RuleOutcome]:
+    """Every rule over one region-day's (deduplicated) orders, in one batch."""
+    judge = DayJudge(day, settings, landed)
+    judge.add(orders)
+    return judge.outcomes()
 
 
 def blocking_failures(outcomes: list[RuleOutcome]) -> list[RuleOutcome]:

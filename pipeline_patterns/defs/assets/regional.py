@@ -15,7 +15,6 @@ run's one Spark session (in-process executor); Spark spreads each region's job o
 """
 
 import datetime as dt
-from collections import defaultdict
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -29,7 +28,6 @@ from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing as landing_files
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
 from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, RegionDay, clean_frame, judge_days, quarantined_frame
-from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
 # What the gates guarantee of a clean row; checked again on the files before they are committed.
 CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at")
@@ -88,41 +86,33 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         notifier: Notifier,
     ):
         window = day_window(context)
-        days = [d.isoformat() for d in window.days]
-        files = landing.files(region, window.days)
-        files_by_day = defaultdict(list)
-        for file in files:
-            files_by_day[landing_files.day_of(file)].append(file)
+        try:
+            landed = landing.inspect(region, window.days)
+        except landing_files.MissingLandingDataError as error:
+            raise dg.Failure(description=f"{clean_key.to_user_string()}: {error}", allow_retries=False) from None
         run_id = context.run.run_id
+        files = [file for day in landed for file in day.files]  # a refused file is not read
         # computed once, kept on the executors (memory, spilling to disk) for the gates and both writes
         staged = regional_orders_frame(spark.spark_session, files).repartition("day").persist()
         try:
-            region_days = judge_days(
-                staged,
-                days,
-                landed={d: landing_files.record_count(files_by_day[d]) for d in days},
-                header_drift=(drift := {d: header_drift(files_by_day[d]) for d in days}),
-                settings=quality_gates.settings(fx_rates.currencies(), region),
-            )
+            region_days = judge_days(staged, landed, settings=quality_gates.settings(fx_rates.currencies(), region))
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
             if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
                 for d in region_days:
                     for evaluation in day_evaluations(clean_key, d):
                         context.log_event(evaluation)
-            lost = [d.day for d in region_days if not d.accounted]
+            lost = [d for d in region_days if not d.accounted]
             if lost:
                 yield from checks
-                # a file that is not CSV text (compressed, another encoding) has no countable records
-                unreadable = [f"{d}: {text}" for d in lost if (text := drift[d]) and "not CSV text" in text]
                 raise dg.Failure(
                     description=(
-                        f"{clean_key.to_user_string()}: rows lost between landing and the tables on {', '.join(lost)} "
-                        "(landed != processed + duplicates + superseded + quarantined); nothing was written. "
-                        + (
-                            f"Landed files that are not CSV text: {'; '.join(unreadable)}."
-                            if unreadable
-                            else "See the rows_accounted check, then the landed files of those days."
+                        f"{clean_key.to_user_string()}: rows lost between landing and the tables on "
+                        + ", ".join(
+                            f"{d.day} ({d.landed} records landed, {d.rows + d.duplicates + d.superseded} read)"
+                            for d in lost
                         )
+                        + "; nothing was written. The landed files' line count and Spark's parse disagree: "
+                        "see the rows_accounted check, then the landed files of those days, and report it."
                     ),
                     allow_retries=False,
                 )
@@ -187,6 +177,7 @@ def report_region_day(
             "duplicates_dropped": d.duplicates,
             "superseded_dropped": d.superseded,
             "rows_quarantined": d.quarantined_rows,
+            "files_refused": "; ".join(d.refused) or "none",
         },
         asset_key=clean_key,
         partition_key=d.day,
@@ -200,18 +191,6 @@ def report_region_day(
         asset_key=quarantined_key,
         partition_key=d.day,
     )
-
-
-def header_drift(files: list[str]) -> str | None:
-    """The landed files of a day that are not UTF-8 CSV text, or whose header is not the expected
-    one: schema drift at the source (the `schema_matches` gate quarantines the day, naming them)."""
-    drifted = []
-    for file in files:
-        if problem := landing_files.content_problem(file):
-            drifted.append(f"{landing_files.delivered_name(file)}: {problem}")
-        elif (columns := landing_files.header(file)) and columns != list(RECORD_FIELDS):
-            drifted.append(f"{landing_files.delivered_name(file)}: {', '.join(columns)}")
-    return "; ".join(drifted) or None
 
 
 regional_orders_assets = [regional_orders_asset(region) for region in REGIONS]

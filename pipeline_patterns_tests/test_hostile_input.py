@@ -1,0 +1,270 @@
+"""A battery of hostile inputs, one per day of ONE range run of a region, run twice: every landed
+record ends up in exactly one place (clean, quarantined with its reason, or a true copy of a kept
+row), each bad file quarantines its own region-day only, refusals name the file and never its
+content, and the re-run is identical."""
+
+import bz2
+import dataclasses
+import datetime as dt
+import gzip
+import io
+import pathlib
+import zipfile
+from collections.abc import Callable
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.lib import landing
+from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
+from pipeline_patterns.lib.rules import RULES
+from pipeline_patterns_tests.helpers import all_assets, pipeline_resources
+
+pytestmark = pytest.mark.spark
+
+FIRST = dt.date(2024, 1, 1)
+HEADER = "order_id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
+SECRET = "root:x:0:0:do-not-show"
+
+
+def row(i: int | str, day: str, *, amount="12.50", region="us-east", event=None, batch="b00", delivered=None) -> str:
+    return f"o{i},u{i},{region},{amount},USD,{event or day + 'T10:00:00Z'},{batch},{delivered or day + 'T12:00:00Z'}"
+
+
+def good(day: str) -> bytes:
+    return (HEADER + "\n" + "\n".join(row(i, day) for i in range(3)) + "\n").encode()
+
+
+def text(*lines: str, header: str = HEADER, end: str = "\n") -> bytes:
+    return (end.join([header, *lines]) + end).encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    second: Callable[[str], bytes | None]
+    """The day's second file beside good.csv (three good orders), or None for none."""
+    failed: set[str]
+    """The blocking checks the day fails (none: the day is processed)."""
+    counts: tuple[int, int, int] | None = None
+    """(kept, duplicates, superseded) where the case is about them."""
+    damage: Callable[[pathlib.Path, landing.Manifest], None] | None = None
+    """What happens to the landed files afterwards (a link, a lost file, a corrupt manifest)."""
+    names: dict[str, str] | None = None
+    """Other file names: delivered name -> content kind ('good' or 'second')."""
+
+
+def _zip(day: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("orders.csv", good(day))
+    return buffer.getvalue()
+
+
+def _symlink(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    secret = root.parent / "secret.txt"
+    secret.write_text(SECRET + "\n")
+    target = pathlib.Path(manifest.paths(root)[-1])
+    target.unlink()
+    target.symlink_to(secret)
+
+
+def _lose_file(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    pathlib.Path(manifest.paths(root)[-1]).unlink()
+
+
+def _corrupt_manifest(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    day = dt.date.fromisoformat(manifest.day)
+    (landing.region_day_dir(root, manifest.region, day) / landing.MANIFEST).write_text('{"region": "' + SECRET)
+
+
+PARSE = {"values_parse", "required_fields_present"}
+CASES: dict[str, Case] = {
+    "a good day": Case(lambda d: None, set(), (3, 0, 0)),
+    "an empty file": Case(lambda d: b"", set(), (3, 0, 0)),
+    "a file of only a header": Case(lambda d: text(), set(), (3, 0, 0)),
+    "Windows line ends": Case(lambda d: text(row(7, d), end="\r\n"), set(), (4, 0, 0)),
+    "old Mac line ends": Case(lambda d: text(row(7, d), row(8, d), end="\r"), set(), (5, 0, 0)),
+    "blank and whitespace lines": Case(lambda d: text(row(7, d), "   ", "\t", "", row(8, d)), set(), (5, 0, 0)),
+    "no final line end": Case(lambda d: text(row(7, d))[:-1], set(), (4, 0, 0)),
+    "a short line": Case(
+        lambda d: text("o9,u9,us-east,1.00"), {"values_parse", "required_fields_present", "currency_known"}
+    ),
+    "a line with an extra field": Case(lambda d: text(row(9, d) + ",surplus"), {"values_parse"}),
+    "a semicolon-delimited export": Case(
+        lambda d: text(row(9, d).replace(",", ";"), header=HEADER.replace(",", ";")),
+        {"schema_matches", "values_parse", "user_id_not_null", "required_fields_present", "currency_known"},
+    ),
+    "a line break inside a quoted field": Case(
+        lambda d: text(row(9, d).replace("u9", '"u\n9"')),
+        {"values_parse", "required_fields_present", "region_matches", "currency_known"},
+    ),
+    "a repeated header mid-file": Case(
+        lambda d: text(row(7, d), HEADER, row(8, d)), PARSE | {"region_matches", "currency_known"}
+    ),
+    "a missing column": Case(
+        lambda d: text(",".join(row(9, d).split(",")[:-1]), header=HEADER.rsplit(",", 1)[0]),
+        {"schema_matches", "values_parse", "required_fields_present"},
+    ),
+    "blank order ids": Case(
+        lambda d: text(row(8, d).replace("o8", "  "), row(9, d).replace("o9", " ")), {"order_id_not_null"}
+    ),
+    "a blank user id": Case(lambda d: text(row(9, d).replace("u9", "")), {"user_id_not_null"}),
+    "an empty amount": Case(lambda d: text(row(9, d, amount="")), {"required_fields_present"}),
+    "an unparseable amount": Case(lambda d: text(row(9, d, amount="twelve")), PARSE),
+    "a thousands separator": Case(lambda d: text(row(9, d, amount='"1,234.50"')), PARSE),
+    "a NaN amount": Case(lambda d: text(row(9, d, amount="NaN")), {"amount_plausible"}),
+    "an infinite amount": Case(lambda d: text(row(9, d, amount="inf")), {"amount_plausible"}),
+    "an absurd amount": Case(lambda d: text(row(9, d, amount="1e17")), {"amount_plausible"}),
+    "a negative amount": Case(lambda d: text(row(9, d, amount="-1.00")), {"amount_non_negative"}),
+    "an unknown currency": Case(lambda d: text(row(9, d).replace("USD", "XYZ")), {"currency_known"}),
+    "a lower-case currency": Case(lambda d: text(row(9, d).replace("USD", " usd ")), set(), (4, 0, 0)),
+    "an empty region": Case(lambda d: text(row(9, d, region="")), {"required_fields_present"}),
+    "a row of another region": Case(lambda d: text(row(9, d, region="eu-west")), {"region_matches"}),
+    "an unparseable timestamp": Case(lambda d: text(row(9, d, event="yesterday")), PARSE),
+    "a cut-off timestamp": Case(lambda d: text(row(9, d, event=d + "T1")), PARSE),
+    "a date without a time": Case(lambda d: text(row(9, d, event=d)), PARSE),
+    "an event in the future": Case(
+        lambda d: text(row(9, d, event="2030-01-02T10:00:00Z")), {"event_time_not_in_future"}
+    ),
+    "an event in year 1": Case(lambda d: text(row(9, d, event="0001-01-01T00:00:00Z")), {"times_in_range"}),
+    "a delivery in year 9999": Case(lambda d: text(row(9, d, delivered="9999-12-31T00:00:00Z")), {"times_in_range"}),
+    "a huge line": Case(lambda d: text(row(9, d).replace("u9", "u" * 2_000_000)), {"keys_plausible"}),
+    "a huge file": Case(lambda d: text(*(row(f"{i:06d}", d) for i in range(101_000))), {"volume_within_bounds"}),
+    "a true copy redelivered": Case(
+        lambda d: text(row(1, d, batch="b01", delivered=d + "T18:00:00Z")), set(), (3, 1, 0)
+    ),
+    "a correction redelivered": Case(
+        lambda d: text(row(1, d, amount="13.00", batch="b01", delivered=d + "T18:00:00Z")), set(), (3, 0, 1)
+    ),
+    "a malformed newer delivery": Case(
+        lambda d: text(row(1, d, amount='"1,234.50"', batch="b01", delivered=d + "T18:00:00Z")), PARSE, (3, 0, 1)
+    ),
+    "a delivery without a delivery time": Case(
+        # it ranks last, but its parse error holds the order: quarantined, never dropped unseen
+        lambda d: text(row(1, d, amount="13.00", batch="b01", delivered="soon")),
+        {"values_parse"},
+        (3, 0, 1),
+    ),
+    "a latin-1 file": Case(
+        lambda d: text(row(9, d).replace("u9", "u\xe9")).decode().encode("latin-1"), {"schema_matches"}
+    ),
+    "a byte-order mark": Case(lambda d: "\ufeff".encode() + text(row(9, d)), {"schema_matches"}),
+    "a gzip file": Case(lambda d: gzip.compress(good(d), mtime=0), {"files_readable"}, (3, 0, 0)),
+    "a zip archive": Case(_zip, {"files_readable"}, (3, 0, 0)),
+    "a bzip2 file": Case(lambda d: bz2.compress(good(d)), {"files_readable"}, (3, 0, 0)),
+    "a symlink to a file outside": Case(lambda d: text(row(9, d)), {"files_readable"}, (3, 0, 0), _symlink),
+    "a landed file lost": Case(lambda d: text(row(9, d)), {"files_readable"}, (3, 0, 0), _lose_file),
+    "a corrupt manifest": Case(
+        lambda d: None, {"files_readable", "volume_within_bounds"}, (0, 0, 0), _corrupt_manifest
+    ),
+    "odd file names": Case(
+        lambda d: text(row(9, d)),
+        set(),
+        (4, 9, 0),  # four files repeat o0..o2: nine true copies, so none was skipped nor read twice
+        names={"_hidden.csv": "good", ".dot.csv": "second", "*.csv": "good", "[x].csv": "good", "a:b.csv": "good"},
+    ),
+}
+DAYS = {name: (FIRST + dt.timedelta(days=i)).isoformat() for i, name in enumerate(CASES)}
+
+
+def _land(root: pathlib.Path) -> None:
+    for name, case in CASES.items():
+        day = DAYS[name]
+        if case.names:
+            files = {n: good(day) if kind == "good" else case.second(day) for n, kind in case.names.items()}
+        else:
+            second = case.second(day)
+            files = {"good.csv": good(day), **({"second.csv": second} if second is not None else {})}
+        manifest = landing.land(root, "us-east", dt.date.fromisoformat(day), "hand-made", files)
+        if case.damage:
+            case.damage(root, manifest)
+
+
+def _run(data_dir: pathlib.Path) -> dg.ExecuteInProcessResult:
+    days = sorted(DAYS.values())
+    return dg.materialize(
+        all_assets(),
+        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+        resources={
+            **pipeline_resources(data_dir),
+            "quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def _tables(data_dir: pathlib.Path) -> dict[str, pa.Table]:
+    lake = data_dir / "lake"
+    return {
+        "clean": read_table(str(lake / "regional_orders" / "us_east")),
+        "quarantined": read_table(str(lake / "quarantined_orders" / "us_east")).drop_columns(list(AUDIT_COLUMNS)),
+    }
+
+
+@pytest.fixture(scope="module")
+def battery(tmp_path_factory, spark):
+    data_dir = tmp_path_factory.mktemp("hostile")
+    _land(data_dir / "landing")
+    first = _run(data_dir)
+    after_first = _tables(data_dir)
+    second = _run(data_dir)
+    return data_dir, first, second, after_first, _tables(data_dir)
+
+
+def _day(table: pa.Table, day: str) -> pa.Table:
+    rows = table.filter(pc.equal(table["day"], day))
+    return rows.sort_by([(c, "ascending") for c in ("order_id", "batch_id", "user_id") if c in rows.column_names])
+
+
+def test_the_range_run_succeeds_and_a_rerun_is_identical(battery):
+    _, first, second, after_first, after_second = battery
+    assert first.success and second.success  # every bad file was quarantined or refused, none crashed the run
+    for name, table in after_first.items():
+        assert table.num_rows and content_hash(table) == content_hash(after_second[name]), name
+
+
+def test_no_raw_file_content_appears_in_any_event(battery):
+    _, first, _, _, _ = battery
+    shown = " ".join(str(e.event_specific_data) + str(e.message) for e in first.all_events)
+    assert SECRET not in shown and "uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu" not in shown
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_landed_record_ends_in_exactly_one_place(battery, name):
+    _, _, second, _, tables = battery
+    case, day = CASES[name], DAYS[name]
+    evaluations = [e for e in second.get_asset_check_evaluations() if e.partition == day]
+    failed = {e.check_name for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR}
+    assert failed == case.failed, name
+    metadata = next(
+        e.materialization.metadata
+        for e in second.get_asset_materialization_events()
+        if e.partition == day and e.asset_key.path[0] == "regional_orders"
+    )
+    landed, kept, quarantined = (metadata[k].value for k in ("rows_landed", "dagster/row_count", "rows_quarantined"))
+    duplicates, superseded = metadata["duplicates_dropped"].value, metadata["superseded_dropped"].value
+    assert landed == kept + duplicates + superseded + quarantined, name  # nothing lost, nothing invented
+    clean, held = _day(tables["clean"], day), _day(tables["quarantined"], day)
+    if case.failed:
+        assert clean.num_rows == 0 and held.num_rows == quarantined  # the whole day in quarantine
+        ordered = sorted(case.failed, key=[r.name for r in RULES].index)
+        assert set(held["failed_checks"].to_pylist()) <= {",".join(ordered)}
+        assert all(check in reason for reason in held["reason"].to_pylist() for check in case.failed)
+    else:
+        assert held.num_rows == 0 and clean.num_rows == kept == landed - duplicates - superseded
+    if case.counts:
+        assert (kept + quarantined, duplicates, superseded) == case.counts, name
+    if "files_readable" in case.failed:  # the refusal names the file and says what to do
+        refused = next(e for e in evaluations if e.check_name == "files_readable").metadata
+        assert refused["failing_rows"].value == 0
+        day_metadata = metadata["files_refused"].value
+        assert (
+            "re-materialize raw_orders/us_east for " + day in day_metadata
+        ) or "deliver it uncompressed" in day_metadata
+        assert SECRET not in day_metadata
