@@ -4,6 +4,11 @@ process; targets in the README).
 
     python -m pipeline_patterns.benchmark --days 30 90
     python -m pipeline_patterns.benchmark --days 30 90 365 730
+    python -m pipeline_patterns.benchmark --big-day 5000 1000000 5000000
+
+`--big-day N` measures the memory bound of one region-day instead: a us-east day of N orders
+(synthetic, valid rows; above `max_orders_per_day` it is quarantined by the volume gate) through
+the regional step alone, with the production resources.
 
 - `project`: the project's daily graph below the landing as ONE Dagster run over the range (the
   assets' single-run backfill policy, in-process executor): gates, quarantine, checks, fan-in,
@@ -36,6 +41,63 @@ import time
 
 FIRST_DAY = dt.date(2024, 1, 1)
 VARIANTS = ("pyarrow", "spark", "project")
+BIG_DAY = dt.date(2024, 1, 2)
+
+
+def land_big_day(root: pathlib.Path, rows: int) -> None:
+    """One us-east day of `rows` valid orders, generated in Arrow (the simulator would take
+    minutes for millions)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    from pipeline_patterns.lib import landing
+
+    ids = pc.cast(pa.array(range(rows), pa.int64()), pa.string())
+    day = BIG_DAY.isoformat()
+    table = pa.table(
+        {
+            "order_id": pc.binary_join_element_wise("o", ids, ""),
+            "user_id": pc.binary_join_element_wise("u", ids, ""),
+            **{
+                name: pa.repeat(pa.scalar(value), rows)
+                for name, value in [
+                    ("region", "us-east"),
+                    ("amount", "12.50"),
+                    ("currency", "USD"),
+                    ("event_ts", f"{day}T10:00:00Z"),
+                    ("batch_id", "b00"),
+                    ("delivered_at", f"{day}T12:00:00Z"),
+                ]
+            },
+        }
+    )
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, pacsv.WriteOptions(quoting_style="none"))
+    landing.land(root, "us-east", BIG_DAY, "benchmark", {"b00.csv": buffer.getvalue()})
+
+
+def run_regional_day(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
+    import dagster as dg
+
+    from pipeline_patterns.definitions import defs
+    from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
+    from pipeline_patterns.defs.resources import build_resources
+
+    result = dg.materialize(
+        [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
+        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        partition_key=BIG_DAY.isoformat(),
+        resources={
+            **build_resources(data_dir),
+            "landing": LandingZone(root=str(landing_root)),
+            "landing_io_manager": LandingIOManager(root=str(landing_root)),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
 
 
 def _land_region(args: tuple[str, str, int, int]) -> None:
@@ -292,15 +354,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders-per-day", type=int, default=5000, help="per region")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--landing", help="a landing zone to reuse (else a temporary one)")
-    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--big-day", type=int, nargs="+", help="orders of one region-day to measure instead")
+    parser.add_argument("--run", choices=[*VARIANTS, "regional_day"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
         from pipeline_patterns.lib.day_window import DayWindow
 
         window = DayWindow(FIRST_DAY, FIRST_DAY + dt.timedelta(days=args.days[0]))
-        runner = {"project": run_project, "spark": run_spark, "pyarrow": run_pyarrow}[args.run]
+        runners = {"project": run_project, "spark": run_spark, "pyarrow": run_pyarrow, "regional_day": run_regional_day}
+        runner = runners[args.run]
         runner(pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
+        return 0
+    if args.big_day:
+        for rows in args.big_day:
+            with tempfile.TemporaryDirectory(prefix="bench-big-day-") as scratch:
+                land_big_day(pathlib.Path(scratch), rows)
+                result = measure("regional_day", pathlib.Path(scratch), 1, rows // 4)
+                print(
+                    json.dumps({"region_day_rows": rows, "wall_s": result.wall_s, "peak_pss_gib": result.peak_pss_gib})
+                )
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-landing-") as scratch:
         landing_root = pathlib.Path(args.landing or scratch)

@@ -100,7 +100,9 @@ def test_ci_runs_the_readmes_test_command():
 def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
     checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     names = {
+        "files_readable",
         "schema_matches",
+        "times_in_range",
         "values_parse",
         "order_id_not_null",
         "user_id_not_null",

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import gzip
 import io
+import json
 import pathlib
 import zipfile
 from collections.abc import Callable
@@ -74,6 +75,14 @@ def _symlink(root: pathlib.Path, manifest: landing.Manifest) -> None:
 
 def _lose_file(root: pathlib.Path, manifest: landing.Manifest) -> None:
     pathlib.Path(manifest.paths(root)[-1]).unlink()
+
+
+def _manifest_of_another_day(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    day = dt.date.fromisoformat(manifest.day)
+    other = landing.read_manifest(root, manifest.region, FIRST)
+    (landing.region_day_dir(root, manifest.region, day) / landing.MANIFEST).write_text(
+        json.dumps(dataclasses.asdict(other))
+    )
 
 
 def _corrupt_manifest(root: pathlib.Path, manifest: landing.Manifest) -> None:
@@ -158,6 +167,25 @@ CASES: dict[str, Case] = {
     "a bzip2 file": Case(lambda d: bz2.compress(good(d)), {"files_readable"}, (3, 0, 0)),
     "a symlink to a file outside": Case(lambda d: text(row(9, d)), {"files_readable"}, (3, 0, 0), _symlink),
     "a landed file lost": Case(lambda d: text(row(9, d)), {"files_readable"}, (3, 0, 0), _lose_file),
+    "a manifest naming another day": Case(
+        lambda d: None, {"files_readable", "volume_within_bounds"}, (0, 0, 0), _manifest_of_another_day
+    ),
+    "a leading blank line and a swapped header": Case(
+        lambda d: b"\n"
+        + text(row(9, d).replace("o9,u9", "u9,o9"), header=HEADER.replace("order_id,user_id", "user_id,order_id")),
+        {"schema_matches"},
+    ),
+    "a file without a header line": Case(
+        lambda d: (row(8, d).replace("u8", SECRET) + "\n" + row(9, d) + "\n").encode(), {"schema_matches"}
+    ),
+    "a DOS end-of-file mark": Case(lambda d: text(row(9, d), end="\r\n") + b"\x1a", set(), (4, 0, 0)),
+    "a UTF-16 file": Case(lambda d: text(row(9, d)).decode().encode("utf-16"), {"files_readable"}, (3, 0, 0)),
+    "an event past year 9999 in UTC": Case(
+        lambda d: text(row(9, d, event="9999-12-31T23:59:59-01:00")), {"event_time_not_in_future"}
+    ),
+    "a delivery past year 9999 in UTC": Case(
+        lambda d: text(row(9, d, delivered="9999-12-31T23:59:59-01:00")), {"times_in_range"}
+    ),
     "a corrupt manifest": Case(
         lambda d: None, {"files_readable", "volume_within_bounds"}, (0, 0, 0), _corrupt_manifest
     ),
@@ -264,7 +292,24 @@ def test_every_landed_record_ends_in_exactly_one_place(battery, name):
         refused = next(e for e in evaluations if e.check_name == "files_readable").metadata
         assert refused["failing_rows"].value == 0
         day_metadata = metadata["files_refused"].value
-        assert (
-            "re-materialize raw_orders/us_east for " + day in day_metadata
-        ) or "deliver it uncompressed" in day_metadata
+        remedies = ("re-materialize raw_orders/us_east for " + day, "have the source deliver")
+        assert any(remedy in day_metadata for remedy in remedies), day_metadata
         assert SECRET not in day_metadata
+
+
+def test_a_day_never_landed_fails_the_step_naming_asset_region_day_and_remedy(spark, tmp_path):
+    landing.land(tmp_path / "landing", "us-east", FIRST, "hand-made", {"good.csv": good(FIRST.isoformat())})
+    result = dg.materialize(
+        all_assets(),
+        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"},
+        resources=pipeline_resources(tmp_path),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message == (
+        f"regional_orders/us_east: no landed data for region us-east on 2024-01-02, 2024-01-03 under "
+        f"{tmp_path / 'landing'}: materialize raw_orders/us_east for those days first"
+    )

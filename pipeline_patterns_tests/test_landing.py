@@ -90,6 +90,8 @@ COLUMNS = ["a", "b"]
         (b"a,b\n1,2\n  \n\t\n\n3,4\n", 2),  # blank lines are no records (Spark skips them)
         (b'a,b\n1,"x\ny"\n', 2),  # a quoted line break: two physical lines, two (malformed) records
         (b"", 0),
+        (b"a,b\r\n1,2\r\n\x1a", 1),  # a DOS end-of-file mark: Spark trims every byte up to the space
+        (b"a,b\n" + b"x" * (9 << 20) + b"\n1,2", 2),  # a line longer than two read chunks
     ],
 )
 def test_records_are_counted_from_the_bytes_as_spark_splits_lines(tmp_path, payload, records):
@@ -122,7 +124,7 @@ def test_each_bad_file_is_refused_or_flagged_alone_and_the_other_files_are_read(
     assert [r.split(":")[0] for r in day.refused] == [gone, "packed.csv"]
     assert "missing from the landing zone; re-materialize raw_orders/us_east for 2024-01-02" in day.refused[0]
     assert day.drift == [
-        "drift.csv: a, c",
+        "drift.csv: header: missing b; 1 unexpected",
         "latin.csv: not UTF-8 text (an invalid byte near offset 4): have the "
         "source deliver UTF-8, or re-encode the file at the source",
     ]
@@ -135,3 +137,29 @@ def test_a_corrupt_manifest_refuses_its_day_only(tmp_path):
     first, second = landing.inspect_days(tmp_path, "us-east", [DAY, DAY + dt.timedelta(1)], COLUMNS)
     assert first.files == [] and "is corrupt (UnicodeDecodeError)" in first.refused[0]
     assert second.records == 1 and second.refused == []
+
+
+def test_the_header_is_the_first_non_blank_line_and_drift_never_shows_a_value(tmp_path):
+    landing.land(tmp_path, "us-east", DAY, "run-1", {"swapped.csv": b"\n\nb,a\n1,2\n", "data.csv": b"secret,2\n3,4\n"})
+    [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+    assert sorted(day.drift) == [
+        "data.csv: header: missing a, b; 2 unexpected",
+        "swapped.csv: header: the expected columns in another order",
+    ]
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        '{"region": "us-east", "day": "2024-01-03", "run_id": "r", "files": [], "bytes": 0, "landed_at": ""}',
+        '{"region": "us-east", "day": "2024-01-02", "run_id": "r", "files": null, "bytes": 0, "landed_at": ""}',
+        '{"region": "us-east", "day": "2024-01-02", "run_id": "r", "files": ["../../x"], "bytes": 0, "landed_at": ""}',
+        '{"region": "us-east", "day": "garbage", "run_id": "r", "files": [], "bytes": 0, "landed_at": ""}',
+        '["not", "an", "object"]',
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_corrupt(tmp_path, manifest):
+    landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    (landing.region_day_dir(tmp_path, "us-east", DAY) / landing.MANIFEST).write_text(manifest)
+    [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+    assert day.files == [] and "is corrupt" in day.refused[0] and "re-materialize raw_orders/us_east" in day.refused[0]

@@ -74,7 +74,7 @@ def safe_name(name: str) -> str:
 
 def delivered_name(file: str) -> str:
     """The name a landed file had at the source, as far as it was safe to keep."""
-    return Path(file).name.split("-", 1)[1]
+    return Path(file).name.split("-", 1)[-1]
 
 
 def day_of(file: str) -> str:
@@ -83,16 +83,31 @@ def day_of(file: str) -> str:
 
 
 def read_manifest(root: Path, region: str, day: dt.date) -> Manifest | None:
+    """The region-day's current extraction, None if it has none; a manifest that does not parse,
+    has the wrong types, names another region-day or a file outside its folder is corrupt."""
     path = region_day_dir(root, region, day) / MANIFEST
     if not path.exists():
         return None
     try:
-        return Manifest(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+        fields = json.loads(path.read_bytes().decode("utf-8"))
+        manifest = Manifest(**fields)
+        _validate(manifest, region, day)
+    except (OSError, ValueError, TypeError) as error:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise CorruptManifestError(
             f"the landing manifest {path} of region {region} on {day} is corrupt ({type(error).__name__}); "
             f"{_reland(region, day)}"
         ) from None
+    return manifest
+
+
+def _validate(manifest: Manifest, region: str, day: dt.date) -> None:
+    if (manifest.region, manifest.day) != (region, day.isoformat()):
+        raise ValueError("the manifest names another region-day")
+    if not isinstance(manifest.run_id, str) or not isinstance(manifest.files, list):
+        raise TypeError("run_id must be a string and files a list")
+    for file in manifest.files:
+        if not isinstance(file, str) or len(Path(file).parts) != 2 or ".." in Path(file).parts:
+            raise ValueError("a listed file is not <run id>/<file>")
 
 
 class MissingLandingDataError(FileNotFoundError):
@@ -150,18 +165,22 @@ def inspect_days(root: Path, region: str, days: list[dt.date], columns: list[str
                 )
             elif not os.path.isfile(file):
                 refused.append(f"{file}: missing from the landing zone; {_reland(region, day)}")
-            elif kind := _compressed(file):
-                refused.append(
-                    f"{name}: {kind} content, not CSV text, refused unread; have the source deliver it uncompressed"
-                )
+            elif kind := _binary_kind(file):
+                remedy = "deliver UTF-8" if kind == "UTF-16" else "deliver it uncompressed"
+                refused.append(f"{name}: {kind} content, not CSV text, refused unread; have the source {remedy}")
             else:
+                try:
+                    problem, lines = _scan(file)
+                except OSError as error:
+                    refused.append(f"{name}: cannot be read ({type(error).__name__}); {_reland(region, day)}")
+                    continue
                 files.append(file)
-                problem, lines = _scan(file)
-                records += max(lines - 1, 0)
+                records_in_file = max(lines - 1, 0)
+                records += records_in_file
                 if problem:
                     drift.append(f"{name}: {problem}")
-                elif (landed_columns := header(file)) and landed_columns != columns:
-                    drift.append(f"{name}: {', '.join(landed_columns)}")
+                elif records_in_file > 0 and (drift_text := header_drift(header(file), columns)):
+                    drift.append(f"{name}: {drift_text}")
         found.append(LandedDay(region, day.isoformat(), files, records, drift, refused))
     if missing:
         raise MissingLandingDataError(
@@ -191,32 +210,67 @@ def record_count(files: list[str]) -> int:
     return sum(max(_scan(file)[1] - 1, 0) for file in files)
 
 
+# What Spark's CSV reader trims from a line to decide it is blank: every byte up to the space.
+BLANK = bytes(range(0x21))
+
+
 def header(file: str) -> list[str]:
-    """The column names of a landed CSV file ([] for an empty file); bytes that are not UTF-8
-    show as U+FFFD (`_scan` names them)."""
+    """The column names of a landed CSV file: its first non-blank line, as Spark takes it ([]
+    when none starts within 64 KiB); bytes that are not UTF-8 show as U+FFFD (`_scan` names them)."""
     with open(file, "rb") as handle:
-        start = handle.read(1 << 16).decode("utf-8", errors="replace")  # a header is short; a line may not be
-    return next(csv.reader([re.split(r"\r\n|\r|\n", start, maxsplit=1)[0]]), [])
+        start = handle.read(1 << 16)
+    lines = start.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    first = next((line for line in lines if line.strip(BLANK)), b"")
+    return next(csv.reader([first.decode("utf-8", errors="replace")]), [])
 
 
-_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed"}
+def header_drift(columns: list[str], expected: list[str]) -> str | None:
+    """How a landed header differs from the expected columns, naming only expected columns (a
+    header line may be a data line: its values are never repeated)."""
+    if columns == expected:
+        return None
+    missing = [c for c in expected if c not in columns]
+    unexpected = sum(1 for c in columns if c not in expected)
+    parts = [f"{len(columns)} columns, expected {len(expected)}"] if len(columns) != len(expected) else []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        parts.append(f"{unexpected} unexpected")
+    if not missing and not unexpected:
+        parts.append("the expected columns in another order")
+    return "header: " + "; ".join(parts)
 
 
-def _compressed(file: str) -> str | None:
-    with open(file, "rb") as handle:
-        start = handle.read(4)
+_MAGIC = {
+    b"\x1f\x8b": "gzip-compressed",
+    b"PK\x03\x04": "a zip archive",
+    b"BZh": "bzip2-compressed",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def _binary_kind(file: str) -> str | None:
+    """What a landed file is when it is not text to read line by line (compressed, UTF-16)."""
+    try:
+        with open(file, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return None  # `_scan` reports it
     return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
 
 
 def _scan(file: str) -> tuple[str | None, int]:
     """Why a landed file is not plain UTF-8 text (a byte-order mark, bytes that are not UTF-8)
-    or None, and its non-blank lines. One streaming pass; a problem names the offset, never the
-    content."""
-    decoder, offset, lines, problem, pending = codecs.getincrementaldecoder("utf-8")("strict"), 0, 0, None, b""
+    or None, and its non-blank lines, split on \\n, \\r\\n and \\r as Spark splits them. One
+    streaming pass in the memory of a chunk, however long a line; a problem names the offset,
+    never the content."""
+    decoder, offset, lines, problem = codecs.getincrementaldecoder("utf-8")("strict"), 0, 0, None
+    open_line = False  # the line not yet ended has a non-blank byte
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
-                problem = "starts with a byte-order mark (BOM): have the source deliver UTF-8 without one"
+                problem = "starts with a UTF-8 byte-order mark (BOM): have the source deliver UTF-8 without one"
             if problem is None:
                 try:
                     decoder.decode(chunk)
@@ -226,12 +280,15 @@ def _scan(file: str) -> tuple[str | None, int]:
                         "deliver UTF-8, or re-encode the file at the source"
                     )
             offset += len(chunk)
-            # the last line may continue in the next chunk (and a \r may be followed by its \n)
-            text = (pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            *complete, pending = text.split(b"\n")  # a \r\n cut in two adds a blank line: not counted
-            lines += sum(1 for line in complete if line.strip())
-    if pending.strip():
-        lines += 1
+            # a \r\n cut in two ends the line at the \r and adds a blank line: not counted
+            parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            if len(parts) == 1:
+                open_line = open_line or bool(parts[0].strip(BLANK))
+                continue
+            lines += int(open_line or bool(parts[0].strip(BLANK)))
+            lines += sum(1 for line in parts[1:-1] if line.strip(BLANK))
+            open_line = bool(parts[-1].strip(BLANK))
+    lines += int(open_line)
     if problem is None:
         try:
             decoder.decode(b"", final=True)

@@ -74,7 +74,8 @@ class DayFacts:
     """What the day rules judge: totals over all of a region-day's rows, and its landed files."""
 
     rows: int
-    newest_event: dt.datetime | None
+    newest_event: pa.TimestampScalar | None
+    """An Arrow scalar: a parsed time may lie beyond Python's datetime (year 10000 in UTC)."""
     repeated_ids: int
     """Rows whose order_id another row of the day also has."""
     repeated_sample: list[str]
@@ -209,8 +210,9 @@ def _volume(facts: DayFacts, day, settings):
 def _fresh(facts: DayFacts, day, settings):
     newest = facts.newest_event
     oldest_allowed = _day_end(day) - dt.timedelta(hours=settings.freshness_lag_hours)
-    return newest is None or newest < oldest_allowed, {
-        "newest_event": newest.isoformat() if newest else "none",
+    stale = newest is None or pc.less(newest, pa.scalar(oldest_allowed, newest.type)).as_py()
+    return stale, {
+        "newest_event": str(pc.strftime(newest, "%Y-%m-%dT%H:%M:%S%z")) if newest else "none",
         "oldest_allowed": oldest_allowed.isoformat(),
     }
 
@@ -285,8 +287,8 @@ class DayJudge:
         if orders.num_rows == 0:
             return
         self.rows += orders.num_rows
-        newest = pc.max(orders["event_ts"]).as_py()
-        if newest is not None and (self.newest is None or newest > self.newest):
+        newest = pc.max(orders["event_ts"])
+        if newest.is_valid and (self.newest is None or pc.greater(newest, self.newest).as_py()):
             self.newest = newest
         if self.repeated is None:
             self._ids.append(orders["order_id"].combine_chunks())
