@@ -46,8 +46,17 @@ class Lake(dg.ConfigurableResource):
         return "/".join([self.uri.rstrip("/"), *key.path])
 
     def options(self) -> dict[str, str]:
-        # as dagster-deltalake's str_dict(), without its pydantic-v1 call
-        return {k: str(v) for k, v in self.storage.model_dump().items() if v is not None and k != "provider"}
+        """delta-rs storage options: the `storage` fields (as dagster-deltalake's str_dict(),
+        without its pydantic-v1 call). On S3, concurrent writers are made safe by conditional put
+        (`If-None-Match`; S3, MinIO and moto honour it) unless a locking or rename setting is
+        given, and a plain-http endpoint (a local S3-compatible server) is allowed."""
+        options = {k: str(v) for k, v in self.storage.model_dump().items() if v is not None and k != "provider"}
+        if isinstance(self.storage, S3Config):
+            if not {"copy_if_not_exists", "allow_unsafe_rename"} & set(options):
+                options.setdefault("conditional_put", "etag")
+            if options.get("endpoint", "").startswith("http://"):
+                options.setdefault("allow_http", "true")
+        return options
 
     def read(self, key: dg.AssetKey, window: DayWindow | None = None, partition_column: str = "day") -> pa.Table:
         return read_table(

@@ -37,6 +37,7 @@ from deltalake import CommitProperties, DeltaTable, QueryBuilder, Schema, Transa
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from pipeline_patterns.lib import object_store
 from pipeline_patterns.lib.day_window import DayWindow
 
 
@@ -179,7 +180,7 @@ def commit_staged(
             storage_options=options,
         )
     except RefusedCommit:
-        filesystem, root = pafs.FileSystem.from_uri(uri)
+        filesystem, root = object_store.filesystem(uri, options)
         filesystem.delete_dir_contents(f"{root}/{staging}", missing_dir_ok=True)
         filesystem.delete_dir(f"{root}/{staging}")
         raise
@@ -246,7 +247,7 @@ def check_staged(
 ) -> tuple[list[AddAction], dict[str, int]]:
     """What `commit_staged` checks before it commits, without committing or deleting anything:
     the add actions of the staged files and their rows per day, or `RefusedCommit` saying why not."""
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = object_store.filesystem(uri, storage_options)
     _check_table_schema(uri, dict(storage_options or {}), Schema.from_arrow(schema), partition_column)
     adds, rows = _staged_actions(filesystem, root, staging, window, schema, partition_column, not_null)
     if rows_per_day is not None:

@@ -12,13 +12,16 @@ The session needs `spark_settings()` (micro-second timestamps, which carry min/m
 """
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from pipeline_patterns.lib import object_store
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import STAGING_PREFIX, WriteResult, commit_staged, table_files
 
@@ -48,7 +51,9 @@ def write_window(
     `schema`), in one transaction: the executors write, this process commits (`commit_staged`,
     which checks the files first). One file per day: the rows of a day are brought to one task,
     unless `clustered` says they already are (`frame.repartition(partition_column)` upstream)."""
-    staging = stage_window(frame, uri, schema, partition_column=partition_column, clustered=clustered)
+    staging = stage_window(
+        frame, uri, schema, partition_column=partition_column, clustered=clustered, storage_options=storage_options
+    )
     return commit_staged(
         uri,
         staging,
@@ -70,6 +75,7 @@ def stage_window(
     partition_column: str = "day",
     clustered: bool = False,
     prefix: str = STAGING_PREFIX,
+    storage_options: Mapping[str, str] | None = None,
 ) -> str:
     """The executors write `frame`'s rows (columns as `schema`), one file per day, into a new
     staging folder inside the table's folder, invisible to readers until committed; returns the
@@ -81,30 +87,85 @@ def stage_window(
         ]
     )
     staging = f"{prefix}{uuid.uuid4().hex}"
-    (
-        (typed if clustered else typed.repartition(partition_column))
-        .write.partitionBy(partition_column)
-        .parquet(f"{uri.rstrip('/')}/{staging}", compression="snappy")
-    )
+    rows = typed if clustered else typed.repartition(partition_column)
+    if object_store.is_local(uri):
+        rows.write.partitionBy(partition_column).parquet(f"{uri.rstrip('/')}/{staging}", compression="snappy")
+    else:  # no S3 connector in the wheel: the executors write the same files with pyarrow
+        folder = f"{uri.rstrip('/')}/{staging}"
+        options = dict(storage_options or {})
+        data_schema = pa.schema([f for f in schema if f.name != partition_column])
+        rows.mapInArrow(
+            lambda batches: _write_parquet(batches, folder, partition_column, data_schema, options), "file string"
+        ).collect()
     return staging
 
 
+def _write_parquet(
+    batches: Iterator[pa.RecordBatch], folder: str, partition_column: str, schema: pa.Schema, options: dict
+) -> Iterator:
+    """On an executor: this task's rows into one Parquet file per day under `folder`
+    (`<partition_column>=<day>/part-<uuid>.snappy.parquet`), streaming batch by batch."""
+    filesystem, root = object_store.filesystem(folder, options)
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        for batch in batches:
+            for day in pc.unique(batch[partition_column]).to_pylist():
+                day_rows = pa.Table.from_batches([batch]).filter(pc.equal(batch[partition_column], day))
+                rows = day_rows.drop_columns([partition_column]).cast(schema)
+                if day not in writers:
+                    path = f"{root}/{partition_column}={day}/part-{uuid.uuid4().hex}.snappy.parquet"
+                    writers[day] = pq.ParquetWriter(path, schema, filesystem=filesystem, compression="snappy")
+                writers[day].write_table(rows)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    yield pa.RecordBatch.from_pydict({"file": list(writers)})
+
+
 def read_files(
-    spark: SparkSession, files: Sequence[str], schema: pa.Schema, partition_column: str = "day"
+    spark: SparkSession,
+    files: Sequence[str],
+    schema: pa.Schema,
+    partition_column: str = "day",
+    storage_options: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """Exactly these Parquet files (of one table: `<...>/<partition_column>=<day>/<file>`) as a
     DataFrame with `schema`, the day taken from each file's folder."""
     if not files:
         return spark.createDataFrame([], from_arrow_schema(schema))
-    data_schema = from_arrow_schema(pa.schema([f for f in schema if f.name != partition_column]))
+    data_schema = pa.schema([f for f in schema if f.name != partition_column])
+    if not all(object_store.is_local(f) for f in files):  # the executors read them with pyarrow
+        options = dict(storage_options or {})
+        listed = spark.createDataFrame([(f,) for f in files], "file string").repartition(min(len(files), 64))
+        frame = listed.mapInArrow(
+            lambda batches: _read_parquet(batches, data_schema, partition_column, options),
+            from_arrow_schema(pa.schema([*data_schema, pa.field(partition_column, pa.string())])),
+        )
+        return frame.select(schema.names)
     frame = (
-        spark.read.schema(data_schema)
+        spark.read.schema(from_arrow_schema(data_schema))
         .parquet(*files)
         .withColumn(
             partition_column, F.regexp_extract(F.col("_metadata.file_path"), f"/{partition_column}=([^/]+)/", 1)
         )
     )
     return frame.select(schema.names)
+
+
+def _read_parquet(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, partition_column: str, options: dict
+) -> Iterator:
+    """On an executor: the rows of the listed Parquet files, batch by batch, with their day."""
+    for listing in batches:
+        for file in listing["file"].to_pylist():
+            filesystem, path = object_store.filesystem(file, options)
+            day = file.split(f"/{partition_column}=", 1)[1].split("/", 1)[0]
+            with filesystem.open_input_file(path) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(columns=schema.names):
+                    typed = pa.Table.from_batches([batch]).cast(schema)
+                    yield from typed.append_column(
+                        partition_column, pa.repeat(pa.scalar(day), typed.num_rows)
+                    ).to_batches()
 
 
 def read_window(
@@ -122,4 +183,4 @@ def read_window(
     files = table_files(
         uri, window, partition_column=partition_column, version=version, storage_options=storage_options
     )
-    return read_files(spark, files, schema, partition_column)
+    return read_files(spark, files, schema, partition_column, storage_options)

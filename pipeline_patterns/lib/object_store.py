@@ -1,0 +1,51 @@
+"""Where the lake's files live, for the code that reads and writes them outside delta-rs: a
+pyarrow filesystem for a local path or an `s3://` URI, from the same storage options delta-rs
+takes (pattern: storage split from compute).
+
+delta-rs owns the Delta log on any store. Spark reads and writes local (or HDFS) paths itself;
+the `pyspark` wheel carries no S3 connector (hadoop-aws and the AWS SDK are not in it, and no JAR
+can be fetched at run time), so on object storage Spark's executors move the Parquet bytes with
+pyarrow instead (`spark_tables`), in the same tasks and with the same files as on a disk.
+
+S3 options are delta-rs's (dagster-deltalake's `S3Config` fields or `AWS_*` keys; the environment
+fills what they leave out, as for delta-rs). Two writers of one table on S3 are safe only with
+conditional put: set `AWS_CONDITIONAL_PUT=etag` (S3, MinIO, moto support `If-None-Match`), so a
+commit that loses the race fails and is retried instead of overwriting the winner's log entry.
+"""
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding `uri` and the path of `uri` inside it."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return pafs.FileSystem.from_uri(uri)
+    options = {k.lower().removeprefix("aws_"): v for k, v in (storage_options or {}).items()}
+
+    def setting(*names: str) -> str | None:
+        for name in names:
+            if options.get(name):
+                return options[name]
+            if os.environ.get(f"AWS_{name.upper()}"):
+                return os.environ[f"AWS_{name.upper()}"]
+        return None
+
+    endpoint = setting("endpoint", "endpoint_url")
+    parsed = urlparse(endpoint) if endpoint else None
+    s3 = pafs.S3FileSystem(
+        access_key=setting("access_key_id"),
+        secret_key=setting("secret_access_key"),
+        session_token=setting("token", "session_token"),
+        region=setting("region", "default_region") or "us-east-1",
+        endpoint_override=parsed.netloc if parsed else None,
+        scheme=parsed.scheme if parsed else "https",
+    )
+    return s3, uri.split("://", 1)[1]
