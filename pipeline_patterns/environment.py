@@ -15,11 +15,34 @@ EXECUTOR_VAR = "PIPELINE_PATTERNS_EXECUTOR"
 BREAKER_STORE_VAR = "PIPELINE_PATTERNS_BREAKER_STORE"
 ALERT_WEBHOOK_VAR = "PIPELINE_PATTERNS_ALERT_WEBHOOK_URL"
 SLACK_TOKEN_VAR = "SLACK_BOT_TOKEN"
+OBJECT_STORE_VAR = "PIPELINE_PATTERNS_OBJECT_STORE"
 
 
 def data_dir() -> Path:
     """The data dir (landing zone and Delta lake): $PIPELINE_PATTERNS_DATA_DIR, default ./data."""
     return Path(os.environ.get(DATA_DIR_VAR) or "data").resolve()
+
+
+def object_store() -> str | None:
+    """Where the landing zone and the lake live when not in the data dir: $PIPELINE_PATTERNS_OBJECT_STORE,
+    an s3://bucket/prefix (credentials, region and endpoint from the usual AWS_* variables:
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL)."""
+    value = os.environ.get(OBJECT_STORE_VAR)
+    if value and not value.startswith("s3://"):
+        raise ValueError(f"{OBJECT_STORE_VAR}={value!r}: expected s3://bucket/prefix")
+    return value.rstrip("/") if value else None
+
+
+def s3_settings() -> dict[str, str]:
+    """The S3 settings of the environment, as dagster-deltalake's S3Config fields."""
+    names = {
+        "access_key_id": "AWS_ACCESS_KEY_ID",
+        "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "region": "AWS_REGION",
+        "endpoint": "AWS_ENDPOINT_URL",
+        "token": "AWS_SESSION_TOKEN",
+    }
+    return {field: os.environ[var] for field, var in names.items() if os.environ.get(var)}
 
 
 def spark_master() -> str:

@@ -1,7 +1,8 @@
-"""The lake on an S3-compatible object store (moto's server, started here on 127.0.0.1): two
-days of the graph hold exactly what the same days hold on a local disk, a re-run changes
+"""The landing zone and the lake on an S3-compatible object store (moto's server, started here on
+127.0.0.1), chosen by configuration only (PIPELINE_PATTERNS_OBJECT_STORE and the AWS_* variables):
+two days of the graph hold exactly what the same days hold on a local disk, a re-run changes
 nothing, and two writers racing on one window are serialised by conditional put (delta-rs owns
-the log; Spark's executors move the Parquet bytes with pyarrow, the wheel having no S3 connector)."""
+the log; Spark's executors move the bytes with pyarrow, the wheel having no S3 connector)."""
 
 import datetime as dt
 import pathlib
@@ -13,8 +14,9 @@ import pyarrow as pa
 import pytest
 from dagster_deltalake import S3Config
 
-from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
+from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash, read_table, table_files
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
@@ -55,27 +57,34 @@ def _hashes(lake: Lake) -> dict[str, str]:
     }
 
 
-def _run(data_dir: pathlib.Path, lake: Lake | None = None) -> dg.ExecuteInProcessResult:
-    resources = {"lake": lake, "lake_io_manager": DeltaLakeIOManager(lake=lake)} if lake else {}
-    return materialize(data_dir, dg.DagsterInstance.ephemeral(), first=FIRST, last=LAST, resources=resources)
+def _run(data_dir: pathlib.Path) -> dg.ExecuteInProcessResult:
+    return materialize(data_dir, dg.DagsterInstance.ephemeral(), first=FIRST, last=LAST)
 
 
-def test_two_days_on_object_storage_equal_the_local_run_and_a_rerun_changes_nothing(spark, s3, tmp_path):
+def test_two_days_on_object_storage_equal_the_local_run_and_a_rerun_changes_nothing(spark, s3, tmp_path, monkeypatch):
     _run(tmp_path / "local")
     local = {
         name: content_hash(read_table(str(tmp_path / "local" / "lake" / name)), exclude=AUDIT_COLUMNS)
         for name in TABLES
     }
-    lake = _lake(s3, "graph")
-    _run(tmp_path / "s3", lake)
+    monkeypatch.setenv("PIPELINE_PATTERNS_OBJECT_STORE", "s3://lake/graph")
+    for variable, value in [
+        ("AWS_ENDPOINT_URL", s3.endpoint),
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key),
+        ("AWS_REGION", s3.region),
+    ]:
+        monkeypatch.setenv(variable, value)
+    lake = _lake(s3, "graph/lake")
+    _run(tmp_path / "s3")
     on_s3 = _hashes(lake)
     assert on_s3 == local
-    assert all(
-        f.startswith("s3://lake/graph/")
-        for f in table_files(f"{lake.uri}/global_orders", storage_options=lake.options())
-    )
-    assert not (tmp_path / "s3" / "lake").exists()  # nothing of the lake on the local disk
-    _run(tmp_path / "s3", lake)
+    files = table_files(f"{lake.uri}/global_orders", storage_options=lake.options())
+    assert files and all(f.startswith("s3://lake/graph/lake/global_orders/") for f in files)
+    manifest = landing.read_manifest("s3://lake/graph/landing", "us-east", dt.date(2024, 1, 2), lake.options())
+    assert manifest is not None and len(manifest.files) > 1
+    assert not (tmp_path / "s3" / "lake").exists() and not (tmp_path / "s3" / "landing").exists()
+    _run(tmp_path / "s3")
     assert _hashes(lake) == on_s3
 
 

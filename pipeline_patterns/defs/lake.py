@@ -31,12 +31,29 @@ from pipeline_patterns.lib.delta_writes import (
 )
 from pipeline_patterns.lib.spark_tables import read_window, write_window
 
+StorageConfig = LocalConfig | S3Config | AzureConfig | GcsConfig
+
+
+def storage_options(storage: StorageConfig) -> dict[str, str]:
+    """delta-rs storage options of a storage config (as dagster-deltalake's str_dict(), without
+    its pydantic-v1 call), also used for the landing zone's pyarrow filesystem. On S3, concurrent
+    writers are made safe by conditional put (`If-None-Match`; S3, MinIO and moto honour it)
+    unless a locking or rename setting is given, and a plain-http endpoint (a local
+    S3-compatible server) is allowed."""
+    options = {k: str(v) for k, v in storage.model_dump().items() if v is not None and k != "provider"}
+    if isinstance(storage, S3Config):
+        if not {"copy_if_not_exists", "allow_unsafe_rename"} & set(options):
+            options.setdefault("conditional_put", "etag")
+        if options.get("endpoint", "").startswith("http://"):
+            options.setdefault("allow_http", "true")
+    return options
+
 
 class Lake(dg.ConfigurableResource):
     """Where the Delta tables live: `<uri>/<asset key path>`, one table per asset."""
 
     uri: str = Field(description="Root of the lake: a local path, or s3://, az://, gs:// with `storage`.")
-    storage: LocalConfig | S3Config | AzureConfig | GcsConfig = Field(
+    storage: StorageConfig = Field(
         default_factory=LocalConfig,
         discriminator="provider",
         description="Object-store settings (dagster-deltalake's config classes), passed to delta-rs.",
@@ -46,17 +63,7 @@ class Lake(dg.ConfigurableResource):
         return "/".join([self.uri.rstrip("/"), *key.path])
 
     def options(self) -> dict[str, str]:
-        """delta-rs storage options: the `storage` fields (as dagster-deltalake's str_dict(),
-        without its pydantic-v1 call). On S3, concurrent writers are made safe by conditional put
-        (`If-None-Match`; S3, MinIO and moto honour it) unless a locking or rename setting is
-        given, and a plain-http endpoint (a local S3-compatible server) is allowed."""
-        options = {k: str(v) for k, v in self.storage.model_dump().items() if v is not None and k != "provider"}
-        if isinstance(self.storage, S3Config):
-            if not {"copy_if_not_exists", "allow_unsafe_rename"} & set(options):
-                options.setdefault("conditional_put", "etag")
-            if options.get("endpoint", "").startswith("http://"):
-                options.setdefault("allow_http", "true")
-        return options
+        return storage_options(self.storage)
 
     def read(self, key: dg.AssetKey, window: DayWindow | None = None, partition_column: str = "day") -> pa.Table:
         return read_table(

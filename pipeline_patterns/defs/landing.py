@@ -2,14 +2,15 @@
 immutable raw layer; the layout itself is `lib/landing.py`'s)."""
 
 import datetime as dt
-import pathlib
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from dagster_deltalake import LocalConfig
 from pydantic import Field
 
-from pipeline_patterns.lib import landing
+from pipeline_patterns.defs.lake import StorageConfig, storage_options
+from pipeline_patterns.lib import landing, object_store
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
@@ -17,19 +18,27 @@ from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 class LandingZone(dg.ConfigurableResource):
     """Where extracted files land, exactly as received: <root>/<region>/<day>/<run id>/."""
 
-    root: str = Field(description="Root folder of the landing zone.")
+    root: str = Field(description="Root of the landing zone: a local folder, or s3://bucket/prefix with `storage`.")
+    storage: StorageConfig = Field(
+        default_factory=LocalConfig,
+        discriminator="provider",
+        description="Object-store settings, as the lake's (dagster-deltalake's config classes).",
+    )
+
+    def options(self) -> dict[str, str]:
+        return storage_options(self.storage)
 
     def land(self, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> landing.Manifest:
-        return landing.land(pathlib.Path(self.root), region, day, run_id, files)
+        return landing.land(self.root, region, day, run_id, files, self.options())
 
     def landed_by(self, region: str, day: dt.date) -> str | None:
         """The run id of the region-day's current extraction, if any."""
-        manifest = landing.read_manifest(pathlib.Path(self.root), region, day)
+        manifest = landing.read_manifest(self.root, region, day, self.options())
         return manifest.run_id if manifest else None
 
     def inspect(self, region: str, days: list[dt.date]) -> list[landing.LandedDay]:
         """Each day's landed files: read, drifted from the expected header, or refused."""
-        return landing.inspect_days(pathlib.Path(self.root), region, days, columns=list(RECORD_FIELDS))
+        return landing.inspect_days(self.root, region, days, list(RECORD_FIELDS), self.options())
 
 
 class LandingIOManager(dg.ConfigurableIOManager):
@@ -37,7 +46,10 @@ class LandingIOManager(dg.ConfigurableIOManager):
     `defs.load_asset_value(raw_orders/<region>, partition_key=...)` works). The raw assets write
     their files themselves and return no value."""
 
-    root: str = Field(description="Root folder of the landing zone.")
+    root: str = Field(description="Root of the landing zone: a local folder, or s3://bucket/prefix with `storage`.")
+    storage: StorageConfig = Field(
+        default_factory=LocalConfig, discriminator="provider", description="Object-store settings, as the lake's."
+    )
 
     def handle_output(self, context: dg.OutputContext, obj: None) -> None:
         if obj is not None:
@@ -49,6 +61,12 @@ class LandingIOManager(dg.ConfigurableIOManager):
         region = context.asset_key.path[-1].replace("_", "-")
         window = context.asset_partitions_time_window
         days = DayWindow.of(window).days
-        files = landing.landed_files(pathlib.Path(self.root), region, days)
+        store = storage_options(self.storage)
+        files = landing.landed_files(self.root, region, days, store)
         options = pacsv.ConvertOptions(column_types={name: pa.string() for name in RECORD_FIELDS})
-        return pa.concat_tables([pacsv.read_csv(f, convert_options=options) for f in files])
+        tables = []
+        for file in files:
+            filesystem, path = object_store.filesystem(file, store)
+            with filesystem.open_input_stream(path) as handle:
+                tables.append(pacsv.read_csv(handle, convert_options=options))
+        return pa.concat_tables(tables)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster_deltalake import LocalConfig, S3Config
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns import environment
@@ -53,7 +54,10 @@ def spark_config() -> dict[str, str]:
 
 def build_resources(data_dir: Path) -> dict[str, object]:
     """Every resource the assets use, for a data dir (tests pass a temporary one)."""
-    lake = Lake(uri=str(data_dir / "lake"))
+    store = environment.object_store()
+    storage: Any = S3Config.model_validate(environment.s3_settings()) if store else LocalConfig()
+    lake = Lake(uri=f"{store}/lake" if store else str(data_dir / "lake"), storage=storage)
+    landing_root = f"{store}/landing" if store else str(data_dir / "landing")
     breakers = environment.breaker_store(data_dir)
     volume = environment.feed_volume()
     # a smaller feed keeps the volume gate proportionate: 20 %, as 1,000 of the default 5,000
@@ -62,8 +66,8 @@ def build_resources(data_dir: Path) -> dict[str, object]:
     return {
         "spark": PySparkResource(spark_config=spark_config()),
         "lake": lake,
-        "landing": LandingZone(root=str(data_dir / "landing")),
-        "landing_io_manager": LandingIOManager(root=str(data_dir / "landing")),
+        "landing": LandingZone(root=landing_root, storage=storage),
+        "landing_io_manager": LandingIOManager(root=landing_root, storage=storage),
         "lake_io_manager": DeltaLakeIOManager(lake=lake),
         "quality_gates": QualityGates(**gates),
         "orders_source": OrdersSource(corrections_file=str(data_dir / "source_corrections.json"), **sized),

@@ -1,12 +1,16 @@
 """The immutable landing zone: files exactly as the source delivered them (pattern: raw layer).
 
 Each extraction of a region-day writes its files into a directory of its own, named by the Dagster
-run id, and only then points the region-day's manifest at it with an atomic rename. A run killed
+run id, and only then points the region-day's manifest at it, atomically (a rename on a disk, a
+single PUT on object storage). A run killed
 half-way leaves an orphan directory that no reader sees; a re-run lands a complete new copy and
 switches the manifest; files once written are never modified.
 
     <root>/<region>/<day>/<run_id>/<batch_id>.csv
     <root>/<region>/<day>/_manifest.json      -> the extraction readers use
+
+The root is a local path or an `s3://` URI (with delta-rs style storage options): every read and
+write goes through a pyarrow filesystem (`object_store`); links only exist, and are refused, on a disk.
 """
 
 import codecs
@@ -16,7 +20,12 @@ import datetime as dt
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from pipeline_patterns.lib import object_store
 
 MANIFEST = "_manifest.json"
 # The same layout as a regular expression, for engines that read the paths themselves (Spark).
@@ -33,27 +42,47 @@ class Manifest:
     bytes: int
     landed_at: str
 
-    def paths(self, root: Path) -> list[str]:
-        folder = region_day_dir(root, self.region, dt.date.fromisoformat(self.day))
-        return [str(folder / file) for file in self.files]
+    def paths(self, root: Path | str) -> list[str]:
+        folder = _join(root, self.region, dt.date.fromisoformat(self.day).isoformat())
+        return [f"{folder}/{file}" for file in self.files]
 
 
 def region_day_dir(root: Path, region: str, day: dt.date) -> Path:
     return root / region / day.isoformat()
 
 
-def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> Manifest:
+Options = Mapping[str, str] | None
+
+
+def _join(root: Path | str, *parts: str) -> str:
+    return "/".join([str(root).rstrip("/"), *parts])
+
+
+def _store(root: Path | str, options: Options) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of the landing zone and the root's path in it."""
+    return object_store.filesystem(str(root), options)
+
+
+def _path(file: str) -> str:
+    """A landed file's path inside its filesystem (an s3:// URI without its scheme)."""
+    return file.split("://", 1)[1] if "://" in file else file
+
+
+def land(
+    root: Path | str, region: str, day: dt.date, run_id: str, files: dict[str, bytes], storage_options: Options = None
+) -> Manifest:
     """Write one extraction's files, then publish them atomically through the manifest.
 
     The landing zone names the files, not the source: each is stored as `NNNN-<name>` with every
     character outside [A-Za-z0-9._-] replaced, so a delivered name can neither leave the folder
     (`../x`), be skipped by Spark (`_x`, `.x`) nor be read as a pattern (`*`, `[`, `:`)."""
-    target = region_day_dir(root, region, day)
-    run_dir = target / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    filesystem, base = _store(root, storage_options)
+    folder = f"{base}/{region}/{day.isoformat()}"
+    filesystem.create_dir(f"{folder}/{run_id}", recursive=True)
     stored = {name: f"{i:04d}-{safe_name(name)}" for i, name in enumerate(sorted(files))}
     for name, payload in files.items():
-        (run_dir / stored[name]).write_bytes(payload)
+        with filesystem.open_output_stream(f"{folder}/{run_id}/{stored[name]}") as out:
+            out.write(payload)
     manifest = Manifest(
         region=region,
         day=day.isoformat(),
@@ -62,9 +91,15 @@ def land(root: Path, region: str, day: dt.date, run_id: str, files: dict[str, by
         bytes=sum(len(p) for p in files.values()),
         landed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    tmp = target / f".{MANIFEST}.{run_id}.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(manifest), indent=1))
-    os.replace(tmp, target / MANIFEST)  # atomic: readers see the old or the new extraction
+    text = json.dumps(dataclasses.asdict(manifest), indent=1).encode()
+    if object_store.is_local(str(root)):
+        tmp = f"{folder}/.{MANIFEST}.{run_id}.tmp"
+        with filesystem.open_output_stream(tmp) as out:
+            out.write(text)
+        os.replace(tmp, f"{folder}/{MANIFEST}")  # atomic: readers see the old or the new extraction
+    else:
+        with filesystem.open_output_stream(f"{folder}/{MANIFEST}") as out:  # one PUT: atomic too
+            out.write(text)
     return manifest
 
 
@@ -82,20 +117,22 @@ def day_of(file: str) -> str:
     return Path(file).parent.parent.name
 
 
-def read_manifest(root: Path, region: str, day: dt.date) -> Manifest | None:
+def read_manifest(root: Path | str, region: str, day: dt.date, storage_options: Options = None) -> Manifest | None:
     """The region-day's current extraction, None if it has none; a manifest that does not parse,
     has the wrong types, names another region-day or a file outside its folder is corrupt."""
-    path = region_day_dir(root, region, day) / MANIFEST
-    if not path.exists():
+    filesystem, base = _store(root, storage_options)
+    path = f"{base}/{region}/{day.isoformat()}/{MANIFEST}"
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     try:
-        fields = json.loads(path.read_bytes().decode("utf-8"))
+        with filesystem.open_input_stream(path) as handle:
+            fields = json.loads(handle.read().decode("utf-8"))
         manifest = Manifest(**fields)
         _validate(manifest, region, day)
     except (OSError, ValueError, TypeError) as error:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise CorruptManifestError(
-            f"the landing manifest {path} of region {region} on {day} is corrupt ({type(error).__name__}); "
-            f"{_reland(region, day)}"
+            f"the landing manifest {_join(root, region, day.isoformat(), MANIFEST)} of region {region} on {day} "
+            f"is corrupt ({type(error).__name__}); {_reland(region, day)}"
         ) from None
     return manifest
 
@@ -140,16 +177,20 @@ class LandedDay:
     """`<file>: <why>; <remedy>` for files not read: files_readable fails the day."""
 
 
-def inspect_days(root: Path, region: str, days: list[dt.date], columns: list[str]) -> list[LandedDay]:
+def inspect_days(
+    root: Path | str, region: str, days: list[dt.date], columns: list[str], storage_options: Options = None
+) -> list[LandedDay]:
     """Decide, for each day's current extraction, what every landed file is: read, drifted or
     refused (a link, a path outside the landing zone, a missing file, compressed content, or a
     corrupt manifest). A refusal concerns its region-day only; days with no extraction at all
     are an error naming them (their raw assets must run first). Streams each file once."""
+    filesystem, _ = _store(root, storage_options)
+    local = object_store.is_local(str(root))
     found: list[LandedDay] = []
     missing: list[str] = []
     for day in days:
         try:
-            manifest = read_manifest(root, region, day)
+            manifest = read_manifest(root, region, day, storage_options)
         except CorruptManifestError as error:
             found.append(LandedDay(region, day.isoformat(), [], 0, [], [str(error)]))
             continue
@@ -158,19 +199,19 @@ def inspect_days(root: Path, region: str, days: list[dt.date], columns: list[str
             continue
         files, drift, refused, records = [], [], [], 0
         for file in manifest.paths(root):
-            name = delivered_name(file)
-            if os.path.islink(file) or not _inside(root, file):
+            name, path = delivered_name(file), _path(file)
+            if local and (os.path.islink(file) or not _inside(Path(root), file)):
                 refused.append(
                     f"{file}: a link or a path outside the landing zone {root}, refused unread; {_reland(region, day)}"
                 )
-            elif not os.path.isfile(file):
+            elif filesystem.get_file_info(path).type != pafs.FileType.File:
                 refused.append(f"{file}: missing from the landing zone; {_reland(region, day)}")
-            elif kind := _binary_kind(file):
+            elif kind := _binary_kind(filesystem, path):
                 remedy = "deliver UTF-8" if kind == "UTF-16" else "deliver it uncompressed"
                 refused.append(f"{name}: {kind} content, not CSV text, refused unread; have the source {remedy}")
             else:
                 try:
-                    problem, lines = _scan(file)
+                    problem, lines = _scan(filesystem, path)
                 except OSError as error:
                     refused.append(f"{name}: cannot be read ({type(error).__name__}); {_reland(region, day)}")
                     continue
@@ -179,7 +220,7 @@ def inspect_days(root: Path, region: str, days: list[dt.date], columns: list[str
                 records += records_in_file
                 if problem:
                     drift.append(f"{name}: {problem}")
-                elif records_in_file > 0 and (drift_text := header_drift(header(file), columns)):
+                elif records_in_file > 0 and (drift_text := header_drift(header(filesystem, path), columns)):
                     drift.append(f"{name}: {drift_text}")
         found.append(LandedDay(region, day.isoformat(), files, records, drift, refused))
     if missing:
@@ -190,11 +231,11 @@ def inspect_days(root: Path, region: str, days: list[dt.date], columns: list[str
     return found
 
 
-def landed_files(root: Path, region: str, days: list[dt.date]) -> list[str]:
+def landed_files(root: Path | str, region: str, days: list[dt.date], storage_options: Options = None) -> list[str]:
     """The files of the current extraction of every day, or a clear error naming what is missing
     or refused (for readers that need every file: the regional assets use `inspect_days`)."""
     files: list[str] = []
-    for landed in inspect_days(root, region, days, columns=[]):
+    for landed in inspect_days(root, region, days, columns=[], storage_options=storage_options):
         if landed.refused:
             raise MissingLandingDataError(f"region {region} on {landed.day}: {landed.refused[0]}")
         files.extend(landed.files)
@@ -207,17 +248,18 @@ def _inside(root: Path, file: str) -> bool:
 
 def record_count(files: list[str]) -> int:
     """Records landed in these files: non-blank lines after each file's header."""
-    return sum(max(_scan(file)[1] - 1, 0) for file in files)
+    local = pafs.LocalFileSystem()
+    return sum(max(_scan(local, file)[1] - 1, 0) for file in files)
 
 
 # What Spark's CSV reader trims from a line to decide it is blank: every byte up to the space.
 BLANK = bytes(range(0x21))
 
 
-def header(file: str) -> list[str]:
+def header(filesystem: pafs.FileSystem, file: str) -> list[str]:
     """The column names of a landed CSV file: its first non-blank line, as Spark takes it ([]
     when none starts within 64 KiB); bytes that are not UTF-8 show as U+FFFD (`_scan` names them)."""
-    with open(file, "rb") as handle:
+    with filesystem.open_input_stream(file) as handle:
         start = handle.read(1 << 16)
     lines = start.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     first = next((line for line in lines if line.strip(BLANK)), b"")
@@ -250,24 +292,24 @@ _MAGIC = {
 }
 
 
-def _binary_kind(file: str) -> str | None:
+def _binary_kind(filesystem: pafs.FileSystem, file: str) -> str | None:
     """What a landed file is when it is not text to read line by line (compressed, UTF-16)."""
     try:
-        with open(file, "rb") as handle:
+        with filesystem.open_input_stream(file) as handle:
             start = handle.read(4)
     except OSError:
         return None  # `_scan` reports it
     return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
 
 
-def _scan(file: str) -> tuple[str | None, int]:
+def _scan(filesystem: pafs.FileSystem, file: str) -> tuple[str | None, int]:
     """Why a landed file is not plain UTF-8 text (a byte-order mark, bytes that are not UTF-8)
     or None, and its non-blank lines, split on \\n, \\r\\n and \\r as Spark splits them. One
     streaming pass in the memory of a chunk, however long a line; a problem names the offset,
     never the content."""
     decoder, offset, lines, problem = codecs.getincrementaldecoder("utf-8")("strict"), 0, 0, None
     open_line = False  # the line not yet ended has a non-blank byte
-    with open(file, "rb") as handle:
+    with filesystem.open_input_stream(file) as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
                 problem = "starts with a UTF-8 byte-order mark (BOM): have the source deliver UTF-8 without one"

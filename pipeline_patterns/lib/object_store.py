@@ -26,6 +26,8 @@ def is_local(uri: str) -> bool:
 
 def filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding `uri` and the path of `uri` inside it."""
+    if is_local(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
     if not uri.startswith(("s3://", "s3a://")):
         return pafs.FileSystem.from_uri(uri)
     options = {k.lower().removeprefix("aws_"): v for k, v in (storage_options or {}).items()}

@@ -8,13 +8,14 @@ the few rows a day of `daily_revenue` in the run's process.
 """
 
 import datetime as dt
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline_patterns.lib import landing
+from pipeline_patterns.lib import landing, object_store
 
 # Landed files are read as text and typed here, so a malformed value becomes a null instead of
 # failing the whole file.
@@ -43,18 +44,66 @@ REGIONAL_SCHEMA = pa.schema(
 ORDER_COLUMNS = ["order_id", "user_id", "region", "amount", "currency", "event_ts"]
 
 
-def regional_orders_frame(spark: SparkSession, files: list[str]) -> DataFrame:
+def landed_rows(
+    spark: SparkSession, files: list[str], storage_options: Mapping[str, str] | None = None, *, by_lines: bool = False
+) -> DataFrame:
+    """The landed CSV files as text columns (`LANDED_SCHEMA`) plus each row's `_path`. Local
+    files are read by Spark's CSV reader; files on object storage (no S3 connector in the wheel),
+    or `by_lines`, are split into lines by the executors with pyarrow exactly as that reader
+    splits them (on \\n, \\r\\n or \\r; blank lines and each file's first line, its header,
+    dropped) and parsed by the same CSV parser (`from_csv`)."""
+    if not files:  # every file of the window refused
+        return spark.createDataFrame([], f"{LANDED_SCHEMA}, _path STRING")
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
+    if not by_lines and all(object_store.is_local(f) for f in files):
+        return spark.read.csv(files, header=True, schema=LANDED_SCHEMA, **options).withColumn(
+            "_path", F.col("_metadata.file_path")
+        )
+    store = dict(storage_options or {})
+    listed = spark.createDataFrame([(f,) for f in files], "file string").repartition(min(len(files), 64))
+    lines = listed.mapInArrow(lambda batches: _landed_lines(batches, store), "_path string, line string")
+    parsed = lines.select("_path", F.from_csv("line", LANDED_SCHEMA, options).alias("r"))
+    return parsed.select("r.*", "_path")
+
+
+def _landed_lines(batches: Iterator[pa.RecordBatch], options: dict) -> Iterator[pa.RecordBatch]:
+    """On an executor: the record lines of each listed file, streaming in 4 MiB chunks."""
+    for listing in batches:
+        for file in listing["file"].to_pylist():
+            filesystem, path = object_store.filesystem(file, options)
+            header_seen, pending = False, b""
+            with filesystem.open_input_stream(path) as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    *complete, pending = (pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+                    kept, header_seen = _records(complete, header_seen)
+                    if kept:
+                        yield pa.RecordBatch.from_pydict({"_path": [file] * len(kept), "line": kept})
+            kept, header_seen = _records([pending], header_seen)
+            if kept:
+                yield pa.RecordBatch.from_pydict({"_path": [file] * len(kept), "line": kept})
+
+
+def _records(lines: list[bytes], header_seen: bool) -> tuple[list[str], bool]:
+    kept = []
+    for line in lines:
+        if not line.strip(landing.BLANK):
+            continue
+        if not header_seen:
+            header_seen = True
+            continue
+        kept.append(line.decode("utf-8", errors="replace"))
+    return kept, header_seen
+
+
+def regional_orders_frame(
+    spark: SparkSession, files: list[str], storage_options: Mapping[str, str] | None = None
+) -> DataFrame:
     """Typed, deduplicated orders of the landed files: one row per (day, order_id), the latest
     delivery kept, with `duplicates` (other deliveries that are true copies of the kept row) and
     `superseded` (older deliveries with other content, replaced by the kept newest one). A parse
     error in ANY delivery of the order is carried onto the kept row, so a malformed delivery is
     quarantined rather than silently outranked."""
-    if files:
-        landed = spark.read.csv(
-            files, header=True, schema=LANDED_SCHEMA, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record"
-        ).withColumn("_path", F.col("_metadata.file_path"))
-    else:  # every file of the window refused
-        landed = spark.createDataFrame([], f"{LANDED_SCHEMA}, _path STRING")
+    landed = landed_rows(spark, files, storage_options)
     typed = landed.select(
         F.nullif(F.trim("order_id"), F.lit("")).alias("order_id"),
         F.nullif(F.trim("user_id"), F.lit("")).alias("user_id"),

@@ -93,7 +93,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         files = [file for day in landed for file in day.files]  # a refused file is not read
         # computed once, kept on the executors (memory, spilling to disk) for the gates and both writes
-        staged = regional_orders_frame(spark.spark_session, files).repartition("day").persist()
+        staged = regional_orders_frame(spark.spark_session, files, landing.options()).repartition("day").persist()
         try:
             region_days = judge_days(staged, landed, settings=quality_gates.settings(fx_rates.currencies(), region))
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
