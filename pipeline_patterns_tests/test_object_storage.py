@@ -8,6 +8,7 @@ import datetime as dt
 import pathlib
 import sys
 import threading
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -31,7 +32,7 @@ TABLES = ["global_orders", "daily_revenue"] + [
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> S3Config:
+def s3(tmp_path_factory) -> Iterator[S3Config]:
     """A moto S3 server of this module's own, with a bucket `lake`; stopped afterwards."""
     import boto3
 
