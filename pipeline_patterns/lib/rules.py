@@ -256,6 +256,16 @@ RULES: list[RowRule | DayRule] = [
 ]
 
 
+SHOWN_KEY_LENGTH = 64
+
+
+def shown(key: str | None) -> str:
+    """A sample id as reasons and check metadata show it: at most SHOWN_KEY_LENGTH characters (an
+    absurd id is a broken line, and its content has no place in a message)."""
+    text = str(key)
+    return text if len(text) <= SHOWN_KEY_LENGTH else f"{text[: SHOWN_KEY_LENGTH - 1]}… ({len(text):,} characters)"
+
+
 def _smallest(keys: Iterable[str | None]) -> list[str | None]:
     """The SAMPLES smallest ids, missing ones last: the reason is part of the content, so the
     samples must not depend on the order Spark delivers rows in."""
@@ -323,7 +333,7 @@ class DayJudge:
                 details = dict(details)
                 failing, samples = details.pop("failing_rows", 0), details.pop("sample_keys", [])
             passed = not failed if isinstance(rule, DayRule) else failing == 0
-            outcomes.append(RuleOutcome(rule.name, passed, failing, [str(k) for k in samples], details))
+            outcomes.append(RuleOutcome(rule.name, passed, failing, [shown(k) for k in samples], details))
         return outcomes
 
 
@@ -334,7 +344,7 @@ def _repeated(ids: pa.ChunkedArray) -> tuple[int, list[str]]:
     counts = pa.table({"order_id": ids}).group_by("order_id").aggregate([("order_id", "count")])
     repeated = counts.filter(pc.and_(pc.greater(counts["order_id_count"], 1), pc.is_valid(counts["order_id"])))
     rows = pc.sum(repeated["order_id_count"]).as_py() or 0
-    return rows, [str(k) for k in _smallest(repeated["order_id"].to_pylist())]
+    return rows, [shown(k) for k in _smallest(repeated["order_id"].to_pylist())]
 
 
 def evaluate_day(
