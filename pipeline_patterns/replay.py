@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
+from pipeline_patterns import environment
 from pipeline_patterns.defs.assets.global_merge import holds_days
 from pipeline_patterns.defs.partitions import daily_partitions
 from pipeline_patterns.defs.resources import build_resources
@@ -65,7 +66,7 @@ def _config(resource: object) -> object:
 
 def _storage_keys() -> set[str]:
     """The resources whose configuration depends on the data dir (landing, lake, notifier, ...)."""
-    a, b = build_resources(pathlib.Path("/a")), build_resources(pathlib.Path("/b"))
+    a, b = build_resources(pathlib.Path("/a"), local=True), build_resources(pathlib.Path("/b"), local=True)
     return {key for key in a if key not in b or _config(a[key]) != _config(b[key])}
 
 
@@ -84,7 +85,7 @@ def replay_resources(
         raise ValueError(f"verify_range writes into a scratch dir of its own; do not override {', '.join(storage)}")
     live = build_resources(live_dir)
     return {
-        **build_resources(scratch),
+        **build_resources(scratch, local=True),
         **(overrides or {}),
         "landing": live["landing"],
         "landing_io_manager": live["landing_io_manager"],
@@ -162,6 +163,12 @@ def verify_range(
     run's for the same region-days to be quarantined. Nothing calls the source: the landing assets
     are not replayed."""
     from pipeline_patterns.definitions import defs  # the code location, loaded only when asked
+
+    if environment.object_store():
+        raise ValueError(
+            f"verify-idempotency compares the live lake under {live_dir} with a scratch lake on this disk; "
+            f"with {environment.OBJECT_STORE_VAR} set the live lake is on object storage: not supported yet"
+        )
 
     asset_graph = defs.resolve_asset_graph()
     selection = replay_selection(asset_graph)

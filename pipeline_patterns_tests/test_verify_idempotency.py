@@ -162,3 +162,14 @@ def test_the_cli_ends_quietly_when_its_reader_closes_the_pipe():
     assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr
     assert len(piped.stdout.splitlines()) == 1 and json.loads(piped.stdout)["day"] == "2024-01-01"
     assert piped.returncode == 141  # 128 + SIGPIPE: the writer stopped because the reader left
+
+
+def test_with_the_lake_on_object_storage_the_replay_never_writes_there(tmp_path, monkeypatch):
+    from pipeline_patterns.replay import replay_resources
+
+    monkeypatch.setenv("PIPELINE_PATTERNS_OBJECT_STORE", "s3://live-bucket/prod")
+    resources = replay_resources(tmp_path / "live", tmp_path / "scratch")
+    assert resources["lake"].uri == str(tmp_path / "scratch" / "lake")  # the scratch lake, on this disk
+    assert resources["landing"].root == "s3://live-bucket/prod/landing"  # read from the live landing zone
+    with pytest.raises(ValueError, match="the live lake is on object storage: not supported yet"):
+        verify_range(tmp_path / "live", dt.date(2024, 1, 2), dt.date(2024, 1, 2))

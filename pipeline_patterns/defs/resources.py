@@ -52,9 +52,11 @@ def spark_config() -> dict[str, str]:
     }
 
 
-def build_resources(data_dir: Path) -> dict[str, object]:
-    """Every resource the assets use, for a data dir (tests pass a temporary one)."""
-    store = environment.object_store()
+def build_resources(data_dir: Path, *, local: bool = False) -> dict[str, object]:
+    """Every resource the assets use, for a data dir (tests pass a temporary one). The landing
+    zone and the lake are in the data dir, or on $PIPELINE_PATTERNS_OBJECT_STORE unless `local`
+    (a scratch data dir must never point at the live store)."""
+    store = None if local else environment.object_store()
     storage: Any = S3Config.model_validate(environment.s3_settings()) if store else LocalConfig()
     lake = Lake(uri=f"{store}/lake" if store else str(data_dir / "lake"), storage=storage)
     landing_root = f"{store}/landing" if store else str(data_dir / "landing")
