@@ -65,7 +65,7 @@ def _store(root: Path | str, options: Options) -> tuple[pafs.FileSystem, str]:
 
 def _path(file: str) -> str:
     """A landed file's path inside its filesystem (an s3:// URI without its scheme)."""
-    return file.split("://", 1)[1] if "://" in file else file
+    return file.split("://", 1)[1] if "://" in file else os.path.abspath(file)
 
 
 def land(

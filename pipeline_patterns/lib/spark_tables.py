@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -94,9 +95,15 @@ def stage_window(
         folder = f"{uri.rstrip('/')}/{staging}"
         options = dict(storage_options or {})
         data_schema = pa.schema([f for f in schema if f.name != partition_column])
-        rows.mapInArrow(
+        written = rows.mapInArrow(
             lambda batches: _write_parquet(batches, folder, partition_column, data_schema, options), "file string"
         ).collect()
+        # a task attempt that failed may have left files behind: only the successful attempts' count
+        kept = {row["file"] for row in written}
+        filesystem, root = object_store.filesystem(folder, options)
+        for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.path not in kept:
+                filesystem.delete_file(info.path)
     return staging
 
 
@@ -119,7 +126,7 @@ def _write_parquet(
     finally:
         for writer in writers.values():
             writer.close()
-    yield pa.RecordBatch.from_pydict({"file": list(writers)})
+    yield pa.RecordBatch.from_pydict({"file": [writer.where for writer in writers.values()]})
 
 
 def read_files(
