@@ -163,6 +163,9 @@ CASES: dict[str, Case] = {
     "a latin-1 file": Case(
         lambda d: text(row(9, d).replace("u9", "u\xe9")).decode().encode("latin-1"), {"schema_matches"}
     ),
+    "a byte-order mark alone on the first line": Case(
+        lambda d: "\ufeff\n".encode() + text(row(9, d)), {"schema_matches"}
+    ),
     "a byte-order mark": Case(lambda d: "\ufeff".encode() + text(row(9, d)), {"schema_matches"}),
     "a gzip file": Case(lambda d: gzip.compress(good(d), mtime=0), {"files_readable"}, (3, 0, 0)),
     "a zip archive": Case(_zip, {"files_readable"}, (3, 0, 0)),

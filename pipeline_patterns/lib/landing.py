@@ -321,6 +321,8 @@ def _scan(filesystem: pafs.FileSystem, file: str) -> tuple[str | None, int]:
                         f"not UTF-8 text (an invalid byte near offset {offset + error.start}): have the source "
                         "deliver UTF-8, or re-encode the file at the source"
                     )
+            if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
+                chunk = chunk[len(codecs.BOM_UTF8) :]  # Spark's line reader drops it too
             offset += len(chunk)
             # a \r\n cut in two ends the line at the \r and adds a blank line: not counted
             parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")

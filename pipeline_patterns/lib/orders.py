@@ -7,6 +7,7 @@ time in Spark's Python workers (`fan_in.daily_revenue_frame`), the monthly and t
 the few rows a day of `daily_revenue` in the run's process.
 """
 
+import codecs
 import datetime as dt
 from collections.abc import Iterator, Mapping
 
@@ -67,18 +68,27 @@ def landed_rows(
 
 
 def _landed_lines(batches: Iterator[pa.RecordBatch], options: dict) -> Iterator[pa.RecordBatch]:
-    """On an executor: the record lines of each listed file, streaming in 4 MiB chunks."""
+    """On an executor: the record lines of each listed file, streaming in 4 MiB chunks (a UTF-8
+    byte-order mark at the start dropped, as Spark's line reader drops it)."""
     for listing in batches:
         for file in listing["file"].to_pylist():
             filesystem, path = object_store.filesystem(file, options)
-            header_seen, pending = False, b""
+            header_seen, pending, first = False, [b""], True
             with filesystem.open_input_stream(path) as handle:
                 for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    *complete, pending = (pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+                    if first and chunk.startswith(codecs.BOM_UTF8):
+                        chunk = chunk[len(codecs.BOM_UTF8) :]
+                    first = False
+                    *complete, rest = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+                    if complete:  # the open line ends here: join its pieces once
+                        complete[0] = b"".join([*pending, complete[0]])
+                        pending = [rest]
+                    else:
+                        pending.append(rest)
                     kept, header_seen = _records(complete, header_seen)
                     if kept:
                         yield pa.RecordBatch.from_pydict({"_path": [file] * len(kept), "line": kept})
-            kept, header_seen = _records([pending], header_seen)
+            kept, header_seen = _records([b"".join(pending)], header_seen)
             if kept:
                 yield pa.RecordBatch.from_pydict({"_path": [file] * len(kept), "line": kept})
 

@@ -37,7 +37,7 @@ from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.sources import FxRates
-from pipeline_patterns.lib import blue_green
+from pipeline_patterns.lib import blue_green, object_store
 from pipeline_patterns.lib.delta_writes import RefusedCommit, check_staged
 from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, daily_revenue_frame
 from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA
@@ -85,6 +85,14 @@ def green_release(
     notifier: Notifier,
     publication: Publication,
 ) -> dg.MaterializeResult:
+    if not object_store.is_local(lake.uri):
+        raise dg.Failure(
+            description=(
+                f"green_release: blue-green publication needs the lake on a disk; {lake.uri} is on object "
+                "storage, which it does not support yet (its release record and commits take no storage options)"
+            ),
+            allow_retries=False,
+        )
     window, session = day_window(context), spark.spark_session
     merged = fan_in(context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier)
     release = blue_green.Release(
