@@ -246,12 +246,6 @@ def _inside(root: Path, file: str) -> bool:
     return Path(file).resolve().is_relative_to(root.resolve())
 
 
-def record_count(files: list[str]) -> int:
-    """Records landed in these files: non-blank lines after each file's header."""
-    local = pafs.LocalFileSystem()
-    return sum(max(_scan(local, file)[1] - 1, 0) for file in files)
-
-
 # What Spark's CSV reader trims from a line to decide it is blank: every byte up to the space.
 BLANK = bytes(range(0x21))
 
