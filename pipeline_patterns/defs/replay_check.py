@@ -12,17 +12,20 @@ For a whole range, end to end from the landing files: `pipeline-patterns verify-
 import datetime as dt
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline_patterns.defs.assets.regional import regional_key
 from pipeline_patterns.defs.lake import Lake
+from pipeline_patterns.defs.late_data import LateData
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash
 from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
-from pipeline_patterns.lib.orders import daily_revenue_table
+from pipeline_patterns.lib.late_data import newest_deliveries
+from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, daily_revenue_table
 
 
 class ReplayDay(dg.Config):
@@ -37,11 +40,15 @@ class ReplayDay(dg.Config):
     description="On demand: a clean replay of the day's fan-in and revenue gives identical content.",
 )
 def replay_matches(
-    context: dg.AssetCheckExecutionContext, config: ReplayDay, lake: Lake, fx_rates: FxRates
+    context: dg.AssetCheckExecutionContext, config: ReplayDay, lake: Lake, fx_rates: FxRates, late_data: LateData
 ) -> dg.AssetCheckResult:
     day = dt.date.fromisoformat(config.day or pc.max(lake.read(dg.AssetKey("daily_revenue"))["day"]).as_py())
     window = DayWindow(day, day + dt.timedelta(days=1))
-    regional = [lake.read(regional_key(r), window) for r in REGIONS]
+    lateness = late_data.allowed_lateness_days
+    # the day's orders are delivered on its feed day and up to `lateness` feed days after it
+    delivered = DayWindow(day, day + dt.timedelta(days=1 + lateness))
+    rows = pa.concat_tables([lake.read(regional_key(r), delivered) for r in REGIONS])
+    regional = [newest_deliveries(rows, lateness, [day.isoformat()]).select(REGIONAL_SCHEMA.names)]
     currencies = sorted({c for t in regional for c in t["currency"].to_pylist()})
     days = sorted({dt.date.fromisoformat(d) for t in regional for d in pc.unique(fx_day(t["event_ts"])).to_pylist()})
     replayed_global = global_orders_table(regional, fx_rates.rates(currencies, days))

@@ -21,6 +21,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline_patterns.lib.landing import LandedDay
+from pipeline_patterns.lib.late_data import (
+    LATE_SCHEMA,
+    late_day_counts,
+    spark_event_day,
+    spark_lateness,
+    too_late_reason,
+)
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA
 from pipeline_patterns.lib.rules import SAMPLES, DayJudge, GateSettings, RuleOutcome, blocking_failures
 
@@ -52,6 +59,12 @@ class RegionDay:
     superseded: int
     refused: list[str] = dataclasses.field(default_factory=list)
     """Landed files not read, with why (the day is quarantined by files_readable)."""
+    too_late: int = 0
+    """Rows (counted in `rows`) delivered more than the allowed lateness after their event day:
+    on a processed day they go to the late table, not the clean one."""
+    late_days: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Earlier event day -> rows of this delivery within the allowed lateness: the global days
+    this delivery touches besides its own (whichever branch the day takes)."""
 
     @property
     def failed_checks(self) -> list[str]:
@@ -63,7 +76,12 @@ class RegionDay:
 
     @property
     def clean_rows(self) -> int:
-        return self.rows if self.branch == "processed" else 0
+        return self.rows - self.too_late if self.branch == "processed" else 0
+
+    @property
+    def too_late_rows(self) -> int:
+        """Rows written to the late table (a quarantined day keeps all its rows in quarantine)."""
+        return self.too_late if self.branch == "processed" else 0
 
     @property
     def quarantined_rows(self) -> int:
@@ -75,9 +93,10 @@ class RegionDay:
 
     @property
     def accounted(self) -> bool:
-        """landed = processed + duplicates + superseded + quarantined: every landed row is kept,
-        a true copy of a kept row, an older version of a kept row, or in quarantine (a refused
-        file's day is quarantined as a whole; the file stays in the landing zone, named)."""
+        """landed = processed + duplicates + superseded + quarantined + too late: every landed row
+        is kept, a true copy of a kept row, an older version of a kept row, in quarantine (a
+        refused file's day is quarantined as a whole; the file stays in the landing zone, named)
+        or in the late table."""
         return self.landed == self.rows + self.duplicates + self.superseded
 
     def to_json(self) -> str:
@@ -96,19 +115,38 @@ def judge(
     landed: LandedDay,
     settings: GateSettings,
     repeated: tuple[int, list[str]] | None = None,
+    allowed_lateness: int = 3,
 ) -> RegionDay:
     """Gate one region-day's deduplicated rows (`STAGED_SCHEMA`), fed in batches. `landed` is
-    what the landing zone holds for the day (its records, drifted and refused files)."""
+    what the landing zone holds for the day (its records, drifted and refused files); its rows'
+    lateness is counted against `allowed_lateness` (lib/late_data.py)."""
     gate = DayJudge(dt.date.fromisoformat(day), settings, landed, repeated)
-    duplicates = superseded = 0
+    duplicates = superseded = too_late = 0
+    late_days: dict[str, int] = {}
     for batch in batches:
         duplicates += pc.sum(batch["duplicates"]).as_py() or 0
         superseded += pc.sum(batch["superseded"]).as_py() or 0
+        late, earlier = late_day_counts(batch, day, allowed_lateness)
+        too_late += late
+        for event_day, rows in earlier.items():
+            late_days[event_day] = late_days.get(event_day, 0) + rows
         gate.add(batch.drop_columns(["duplicates", "superseded"]))
-    return RegionDay(day, gate.rows, gate.outcomes(), landed.records, duplicates, superseded, landed.refused)
+    return RegionDay(
+        day,
+        gate.rows,
+        gate.outcomes(),
+        landed.records,
+        duplicates,
+        superseded,
+        landed.refused,
+        too_late,
+        dict(sorted(late_days.items())),
+    )
 
 
-def judge_days(staged: DataFrame, landed: Sequence[LandedDay], *, settings: GateSettings) -> list[RegionDay]:
+def judge_days(
+    staged: DataFrame, landed: Sequence[LandedDay], *, settings: GateSettings, allowed_lateness: int
+) -> list[RegionDay]:
     """`judge` every day of `landed`, on the executors: each day's rows reach one Python worker
     as a stream of Arrow batches (memory: one batch, whatever the day's size); only the verdicts
     come back. Spark counts repeated order ids over whole days first. A day without any row is
@@ -130,7 +168,14 @@ def judge_days(staged: DataFrame, landed: Sequence[LandedDay], *, settings: Gate
     def judge_group(key: tuple, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         day = key[0].as_py()
         tables = (pa.Table.from_batches([b]).select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA) for b in batches)
-        verdict = judge(day, tables, landed=by_day[day], settings=settings, repeated=repeated.get(day, (0, [])))
+        verdict = judge(
+            day,
+            tables,
+            landed=by_day[day],
+            settings=settings,
+            repeated=repeated.get(day, (0, [])),
+            allowed_lateness=allowed_lateness,
+        )
         yield pa.RecordBatch.from_pydict({"day": [day], "verdict": [verdict.to_json()]})
 
     verdicts = staged.groupBy("day").applyInArrow(judge_group, "day string, verdict string").toArrow()
@@ -139,7 +184,9 @@ def judge_days(staged: DataFrame, landed: Sequence[LandedDay], *, settings: Gate
         for d, v in zip(verdicts["day"].to_pylist(), verdicts["verdict"].to_pylist(), strict=True)
     }
     for day in set(by_day) - set(judged):
-        empty = judge(day, [], landed=by_day[day], settings=settings, repeated=(0, []))
+        empty = judge(
+            day, [], landed=by_day[day], settings=settings, repeated=(0, []), allowed_lateness=allowed_lateness
+        )
         judged[day] = RegionDay.from_json(empty.to_json())  # as the executors' verdicts travel
     return [judged[d.day] for d in landed]
 
@@ -152,10 +199,24 @@ def _branch_days(spark: SparkSession, region_days: list[RegionDay], branch: str)
     )
 
 
-def clean_frame(staged: DataFrame, region_days: list[RegionDay]) -> DataFrame:
-    """The rows of the processed days, as the clean table holds them."""
+def clean_frame(staged: DataFrame, region_days: list[RegionDay], allowed_lateness: int) -> DataFrame:
+    """The rows of the processed days within the allowed lateness, as the clean table holds them."""
     processed = F.broadcast(_branch_days(staged.sparkSession, region_days, "processed").select("day"))
-    return staged.join(processed, "day").select(REGIONAL_SCHEMA.names)
+    accepted = F.coalesce(spark_lateness() <= allowed_lateness, F.lit(True))
+    return staged.join(processed, "day").where(accepted).select(REGIONAL_SCHEMA.names)
+
+
+def late_frame(staged: DataFrame, region_days: list[RegionDay], allowed_lateness: int) -> DataFrame:
+    """The rows of the processed days delivered too late for their event day, with why."""
+    processed = F.broadcast(_branch_days(staged.sparkSession, region_days, "processed").select("day"))
+    return (
+        staged.join(processed, "day")
+        .withColumn("lateness_days", spark_lateness().cast("long"))
+        .where(F.col("lateness_days") > allowed_lateness)
+        .withColumn("event_day", spark_event_day())
+        .withColumn("reason", F.lit(too_late_reason(allowed_lateness)))
+        .select(LATE_SCHEMA.names)
+    )
 
 
 def quarantined_frame(staged: DataFrame, region_days: list[RegionDay], run_id: str, at: dt.datetime) -> DataFrame:

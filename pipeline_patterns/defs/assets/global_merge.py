@@ -20,7 +20,7 @@ returned. It then fails with a `Failure` naming the held days, which Dagster sho
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -28,8 +28,9 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key
+from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
+from pipeline_patterns.defs.late_data import REGIONAL_VERSIONS, LateData, format_versions
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
 from pipeline_patterns.defs.sources import FxRates
@@ -43,6 +44,7 @@ from pipeline_patterns.lib.fan_in import (
     global_orders_frame,
     held_days,
 )
+from pipeline_patterns.lib.late_data import rehomed_frame
 from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA
 
 GLOBAL_ORDERS = dg.AssetKey("global_orders")
@@ -59,8 +61,9 @@ REVENUE_NOT_NULL = ("region", "orders", "revenue_usd", "distinct_users")
     specs=[
         dg.AssetSpec(
             GLOBAL_ORDERS,
-            # the quarantine tables too: they say why a held day is held
-            deps=[k for r in REGIONS for k in (regional_key(r), quarantine_key(r))],
+            # the quarantine tables too (they say why a held day is held), and the late tables
+            # (what came too late to count): every table of a regional step is upstream
+            deps=[k for r in REGIONS for k in (regional_key(r), quarantine_key(r), late_key(r))],
             skippable=True,
             group_name="global",
             kinds={"pyspark", "delta"},
@@ -89,24 +92,32 @@ def global_orders_and_daily_revenue(
     fx_rates: FxRates,
     fx_breaker: Breaker,
     fx_retries: RetrySettings,
+    late_data: LateData,
     notifier: Notifier,
 ):
     window, run_id, session = day_window(context), context.run.run_id, spark.spark_session
     days = [d.isoformat() for d in window.days]
     if GLOBAL_ORDERS in context.selected_asset_keys:
-        merged = fan_in(context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier)
-        held, ready = merged.held, merged.ready
-        written = lake.write(
-            GLOBAL_ORDERS,
-            merged.orders,
-            window,
-            run_id,
-            GLOBAL_SCHEMA,
-            rows_per_day=merged.rows_per_day,
-            not_null=GLOBAL_NOT_NULL,
+        merged = fan_in(
+            context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier, late_data.allowed_lateness_days
         )
+        held, ready = merged.held, merged.ready
+        try:
+            written = lake.write(
+                GLOBAL_ORDERS,
+                merged.orders,
+                window,
+                run_id,
+                GLOBAL_SCHEMA,
+                rows_per_day=merged.rows_per_day,
+                not_null=GLOBAL_NOT_NULL,
+            )
+        finally:
+            merged.release()
         # recorded at once: committed days must not show FAILED if the revenue write then fails
-        yield from day_materializations(lake, GLOBAL_ORDERS, written, window, ready, breaker_metadata(fx_breaker))
+        yield from day_materializations(
+            lake, GLOBAL_ORDERS, written, window, ready, breaker_metadata(fx_breaker), merged.day_metadata
+        )
     else:  # daily_revenue alone follows what global_orders holds
         present = lake.per_day(GLOBAL_ORDERS, window)
         held = {d: ["global_orders: no rows for the day (held or not processed)"] for d in days if not present.get(d)}
@@ -145,7 +156,20 @@ class FanIn:
     ready: list[str]  # the days whose four region-days are clean
     held: dict[str, list[str]]  # the other days, each with why
     orders: DataFrame  # the global orders of the ready days, in USD (lazy: computed on the executors)
-    rows_per_day: dict[str, int]  # what `orders` must hold per day: the regions' clean rows
+    rows_per_day: dict[str, int]  # what `orders` holds per day (the re-homed regional rows)
+    late_per_day: dict[str, int]  # of those, the orders delivered on a later feed day
+    versions: dict[str, int]  # the regional table versions read
+    rehomed: DataFrame  # kept on the executors while `orders` is written: `release()` frees it
+
+    def release(self) -> None:
+        self.rehomed.unpersist()
+
+    def day_metadata(self, day: str) -> dict:
+        """What a global day records of its inputs (the late-data sensor compares the versions)."""
+        return {
+            "late_orders_included": self.late_per_day.get(day, 0),
+            REGIONAL_VERSIONS: format_versions(self.versions),
+        }
 
 
 def fan_in(
@@ -157,10 +181,15 @@ def fan_in(
     fx_breaker: Breaker,
     fx_retries: RetrySettings,
     notifier: Notifier,
+    allowed_lateness: int,
 ) -> FanIn:
     """The fan-in of `window` from the live regional tables: which days are ready, and their
     global orders in USD. One home for the computation: `global_orders` writes it, the green
-    build of blue-green publication (assets/publish.py) stages it."""
+    build of blue-green publication (assets/publish.py) stages it.
+
+    A day is ready when its four region-days (feed days) are clean; its orders are those whose
+    EVENT day it is, from its own feed day and the `allowed_lateness` feed days after it, the
+    newest delivery of each order winning (lib/late_data.py)."""
     days = [d.isoformat() for d in window.days]
     # one snapshot per regional table, pinned: readiness and the rows read agree even if a
     # regional run commits meanwhile
@@ -168,16 +197,27 @@ def fan_in(
     clean_rows = {r: lake.per_day(regional_key(r), window, version=versions[r]) for r in REGIONS}
     held = held_days(days, REGIONS, clean_rows, {r: quarantined_checks(lake, r, window) for r in REGIONS})
     ready = [d for d in days if d not in held]
+    delivered = DayWindow(window.start, window.end + dt.timedelta(days=allowed_lateness))
     regional = functools.reduce(
         DataFrame.unionByName,
-        [lake.frame(session, regional_key(r), REGIONAL_SCHEMA, window, versions[r]) for r in REGIONS],
-    ).where(F.col("day").isin(ready))
-    rates = fx_rates_for(context, regional, fx_rates, fx_breaker, fx_retries, notifier)
+        [lake.frame(session, regional_key(r), REGIONAL_SCHEMA, delivered, versions[r]) for r in REGIONS],
+    )
+    rehomed = rehomed_frame(regional, allowed_lateness, ready).persist()
+    counts = (
+        rehomed.groupBy("day")
+        .agg(F.count("*").alias("rows"), F.sum((F.col("feed_day") != F.col("day")).cast("long")).alias("late"))
+        .collect()
+    )
+    orders = rehomed.select(REGIONAL_SCHEMA.names)
+    rates = fx_rates_for(context, orders, fx_rates, fx_breaker, fx_retries, notifier)
     return FanIn(
         ready=ready,
         held=held,
-        orders=global_orders_frame(regional, rates),
-        rows_per_day={d: sum(clean_rows[r].get(d, 0) for r in REGIONS) for d in ready},
+        orders=global_orders_frame(orders, rates),
+        rows_per_day={row["day"]: row["rows"] for row in counts},
+        late_per_day={row["day"]: row["late"] for row in counts},
+        versions={r: v for r, v in versions.items() if v is not None},
+        rehomed=rehomed,
     )
 
 
@@ -225,9 +265,15 @@ def holds_days(step_failure: dg.DagsterEvent) -> bool:
 
 
 def day_materializations(
-    lake: Lake, key: dg.AssetKey, written: WriteResult, window: DayWindow, ready: list[str], extra: dict
+    lake: Lake,
+    key: dg.AssetKey,
+    written: WriteResult,
+    window: DayWindow,
+    ready: list[str],
+    extra: dict,
+    per_day: Callable[[str], dict] | None = None,
 ) -> Iterator[dg.AssetMaterialization]:
-    """One materialization per processed day, with that day's own row count."""
+    """One materialization per processed day, with that day's own row count (and `per_day`'s)."""
     rows = lake.per_day(key, window)
     for day in ready:
         yield dg.AssetMaterialization(
@@ -238,6 +284,7 @@ def day_materializations(
                 "delta_version": written.version,
                 "table_uri": dg.MetadataValue.path(written.table_uri),
                 **extra,
+                **(per_day(day) if per_day else {}),
             },
         )
 

@@ -34,6 +34,7 @@ from pipeline_patterns.defs.assets.global_merge import (
 )
 from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
+from pipeline_patterns.defs.late_data import LateData
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.sources import FxRates
@@ -84,6 +85,7 @@ def green_release(
     fx_retries: RetrySettings,
     notifier: Notifier,
     publication: Publication,
+    late_data: LateData,
 ) -> dg.MaterializeResult:
     if not object_store.is_local(lake.uri):
         raise dg.Failure(
@@ -94,7 +96,9 @@ def green_release(
             allow_retries=False,
         )
     window, session = day_window(context), spark.spark_session
-    merged = fan_in(context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier)
+    merged = fan_in(
+        context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier, late_data.allowed_lateness_days
+    )
     release = blue_green.Release(
         release_id=blue_green.new_release_id(),
         start=window.start.isoformat(),
@@ -107,7 +111,10 @@ def green_release(
     try:
         orders_uri = lake.table_uri(GLOBAL_ORDERS)
         prefix = f"{blue_green.GREEN_PREFIX}{release.release_id}-"  # staged-green-<release id>-<uuid>
-        staging = stage_window(merged.orders, orders_uri, GLOBAL_SCHEMA, prefix=prefix)
+        try:
+            staging = stage_window(merged.orders, orders_uri, GLOBAL_SCHEMA, prefix=prefix)
+        finally:
+            merged.release()
         orders = blue_green.staged_table(lake.uri, "global_orders", staging, window, merged.rows_per_day)
         release.tables.append(orders)
         files = blue_green.green_files(lake.uri, orders, window, GLOBAL_SCHEMA, not_null=GLOBAL_NOT_NULL)

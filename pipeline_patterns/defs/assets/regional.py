@@ -22,12 +22,21 @@ from dagster_pyspark import PySparkResource
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
+from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, LateData, format_late_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
 from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing as landing_files
+from pipeline_patterns.lib.late_data import LATE_SCHEMA
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
-from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, RegionDay, clean_frame, judge_days, quarantined_frame
+from pipeline_patterns.lib.quarantine import (
+    QUARANTINE_SCHEMA,
+    RegionDay,
+    clean_frame,
+    judge_days,
+    late_frame,
+    quarantined_frame,
+)
 
 # What the gates guarantee of a clean row; checked again on the files before they are committed.
 CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at")
@@ -41,8 +50,12 @@ def quarantine_key(region: str) -> dg.AssetKey:
     return dg.AssetKey(["quarantined_orders", region_key(region)])
 
 
+def late_key(region: str) -> dg.AssetKey:
+    return dg.AssetKey(["late_orders", region_key(region)])
+
+
 def regional_orders_asset(region: str) -> dg.AssetsDefinition:
-    clean_key, quarantined_key = regional_key(region), quarantine_key(region)
+    clean_key, quarantined_key, too_late_key = regional_key(region), quarantine_key(region), late_key(region)
     raw_key = dg.AssetKey(["raw_orders", region_key(region)])
 
     @dg.multi_asset(
@@ -68,12 +81,23 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     "checks, the reason, the run and the time. Empty for a clean day."
                 ),
             ).with_io_manager_key("lake_io_manager"),
+            dg.AssetSpec(
+                too_late_key,
+                deps=[raw_key],
+                group_name="regional",
+                kinds={"delta"},
+                description=(
+                    f"{region} orders of processed days delivered later than the allowed lateness after "
+                    "their event day (the watermark): kept with the lateness and why, never counted in a "
+                    "closed day. Partitioned by feed day."
+                ),
+            ).with_io_manager_key("lake_io_manager"),
         ],
         check_specs=gate_specs(clean_key),
         partitions_def=daily_partitions,
         backfill_policy=single_run,
-        # one writer of the region's two tables at a time (limit in dagster.yaml): the pair is
-        # two commits, and two runs interleaving them could leave a day in neither table
+        # one writer of the region's tables at a time (limit in dagster.yaml): they are three
+        # commits, and two runs interleaving them could leave a day in neither table
         pool=f"regional_{region_key(region)}",
     )
     def regional_orders(
@@ -83,9 +107,10 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         lake: Lake,
         quality_gates: QualityGates,
         fx_rates: FxRates,
+        late_data: LateData,
         notifier: Notifier,
     ):
-        window = day_window(context)
+        window, lateness = day_window(context), late_data.allowed_lateness_days
         try:
             landed = landing.inspect(region, window.days)
         except landing_files.MissingLandingDataError as error:
@@ -95,7 +120,12 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         # computed once, kept on the executors (memory, spilling to disk) for the gates and both writes
         staged = regional_orders_frame(spark.spark_session, files, landing.options()).repartition("day").persist()
         try:
-            region_days = judge_days(staged, landed, settings=quality_gates.settings(fx_rates.currencies(), region))
+            region_days = judge_days(
+                staged,
+                landed,
+                settings=quality_gates.settings(fx_rates.currencies(), region),
+                allowed_lateness=lateness,
+            )
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
             if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
                 for d in region_days:
@@ -118,7 +148,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 )
             clean = lake.write(
                 clean_key,
-                clean_frame(staged, region_days),
+                clean_frame(staged, region_days, lateness),
                 window,
                 run_id,
                 REGIONAL_SCHEMA,
@@ -135,10 +165,19 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 rows_per_day={d.day: d.quarantined_rows for d in region_days},
                 clustered=True,
             )
+            too_late = lake.write(
+                too_late_key,
+                late_frame(staged, region_days, lateness),
+                window,
+                run_id,
+                LATE_SCHEMA,
+                rows_per_day={d.day: d.too_late_rows for d in region_days},
+                clustered=True,
+            )
         finally:
             staged.unpersist()
         for d in region_days:
-            report_region_day(context, clean_key, quarantined_key, d)
+            report_region_day(context, clean_key, quarantined_key, too_late_key, d, lateness)
             if d.branch == "quarantined":
                 context.log.warning(
                     f"{clean_key.to_user_string()} {d.day}: quarantined {d.quarantined_rows} rows "
@@ -160,12 +199,21 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             asset_key=quarantined_key,
             metadata={"delta_version": quarantined.version, "table_uri": dg.MetadataValue.path(quarantined.table_uri)},
         )
+        yield dg.MaterializeResult(
+            asset_key=too_late_key,
+            metadata={"delta_version": too_late.version, "table_uri": dg.MetadataValue.path(too_late.table_uri)},
+        )
 
     return regional_orders
 
 
 def report_region_day(
-    context: dg.AssetExecutionContext, clean_key: dg.AssetKey, quarantined_key: dg.AssetKey, d: RegionDay
+    context: dg.AssetExecutionContext,
+    clean_key: dg.AssetKey,
+    quarantined_key: dg.AssetKey,
+    too_late_key: dg.AssetKey,
+    d: RegionDay,
+    lateness: int,
 ) -> None:
     """Each day's own metadata: its row counts and the branch it took (a range run's
     materialization would otherwise show the whole range's figures on every day)."""
@@ -177,6 +225,10 @@ def report_region_day(
             "duplicates_dropped": d.duplicates,
             "superseded_dropped": d.superseded,
             "rows_quarantined": d.quarantined_rows,
+            "rows_too_late": d.too_late_rows,
+            # the global days this delivery touches besides its own: the late_data_rehomes_days
+            # sensor re-runs those already published (defs/late_data.py)
+            LATE_EVENT_DAYS: format_late_days(d.late_days),
             "files_refused": "; ".join(d.refused) or "none",
         },
         asset_key=clean_key,
@@ -189,6 +241,14 @@ def report_region_day(
             "reason": d.reason or "none",
         },
         asset_key=quarantined_key,
+        partition_key=d.day,
+    )
+    context.add_asset_metadata(
+        {
+            "dagster/row_count": d.too_late_rows,
+            "allowed_lateness_days": lateness,
+        },
+        asset_key=too_late_key,
         partition_key=d.day,
     )
 

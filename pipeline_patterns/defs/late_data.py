@@ -1,0 +1,184 @@
+"""Late data in Dagster: the watermark setting, and the `late_data_rehomes_days` sensor that
+re-runs exactly the published global days a later delivery touched (patterns: late and
+out-of-order data; event-time re-homing; detection by sensor).
+
+The rows move by themselves: the fan-in of day D reads the feed days D .. D + allowed lateness
+(lib/late_data.py), so a late order is in its event day as soon as that day is computed after
+the delivery. What must be noticed is a delivery processed AFTER its event days were published.
+Each regional day records the earlier event days its delivery carries (`late_event_days`) and
+the version of the clean table it committed (`delta_version`); each global day records the
+regional versions it read (`regional_versions`). A global day is stale when a regional day that
+carries orders of it committed a version newer than the one the global day read. That is exact
+and race-free: a regional run committing while the fan-in runs is compared by version, not by
+when its event was logged. Quarantined deliveries count too: re-processing a region-day into
+quarantine takes its late orders back out of their days.
+
+Why a sensor: the facts are in materialization metadata, and Dagster's automation conditions
+cannot see which OTHER partitions a partition's data touches (a partition mapping is static:
+feed day D+2 does not depend on day D, its rows do). The sensor is stateless (it compares storage
+and Delta versions whenever it starts) and its run keys name the versions, so a state is
+requested once. Each contiguous block of stale days is one range run of the fan-in (one Spark
+session); the aggregates sensor then recomputes their months.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
+
+GLOBAL_ORDERS = dg.AssetKey("global_orders")
+DAILY_REVENUE = dg.AssetKey("daily_revenue")
+MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
+LATE_EVENT_DAYS = "late_event_days"
+REGIONAL_VERSIONS = "regional_versions"
+REASON_TAG = "pipeline_patterns/reason"
+REHOMES_TAG = "pipeline_patterns/rehomes_days"
+
+
+class LateData(dg.ConfigurableResource):
+    """How late a delivery may come for a day (the watermark)."""
+
+    allowed_lateness_days: int = Field(
+        default=3,
+        ge=0,
+        description=(
+            "An order delivered up to this many days after its event day is counted in that day, "
+            "which is re-run; later, it goes to late_orders/<region>. The simulated feed delivers up to 3 days late."
+        ),
+    )
+
+
+def format_late_days(late_days: dict[str, int]) -> str:
+    return ", ".join(f"{day}: {rows}" for day, rows in sorted(late_days.items())) or "none"
+
+
+def parse_late_days(text: str) -> dict[str, int]:
+    if not text or text == "none":
+        return {}
+    return {day: int(rows) for day, rows in (part.split(": ") for part in text.split(", "))}
+
+
+def format_versions(versions: dict[str, int]) -> str:
+    return ", ".join(f"{region}: {version}" for region, version in versions.items())
+
+
+def parse_versions(text: str) -> dict[str, int]:
+    return {region: int(version) for region, version in (part.split(": ") for part in text.split(", ") if part)}
+
+
+rehome_days_job = dg.define_asset_job(
+    "rehome_late_orders",
+    selection=[GLOBAL_ORDERS, DAILY_REVENUE],
+    partitions_def=daily_partitions,
+    description="The fan-in and daily revenue of days a later delivery touched (requested by late_data_rehomes_days).",
+)
+
+
+def _latest_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, dg.EventLogRecord]:
+    """Partition -> its latest materialization record."""
+    ids = instance.get_latest_storage_id_by_partition(key, MATERIALIZATION)
+    found: dict[str, dg.EventLogRecord] = {}
+    wanted = sorted(ids.values())
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=len(chunk)
+        ).records
+        for record in records:
+            found[record.partition_key] = record
+    return found
+
+
+def _metadata(record: dg.EventLogRecord) -> dict:
+    materialization = record.asset_materialization
+    return {k: v.value for k, v in (materialization.metadata if materialization else {}).items()}
+
+
+def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
+    """Published global days that a regional commit newer than the one they read touches, each
+    with why ('us-east 2024-01-05: 12 orders, regional_orders/us_east v9 > v7 read')."""
+    read = {}
+    for day, record in _latest_records(instance, GLOBAL_ORDERS).items():
+        versions = _metadata(record).get(REGIONAL_VERSIONS)
+        if versions:
+            read[day] = parse_versions(versions)
+    stale: dict[str, list[str]] = {}
+    for region in REGIONS:
+        key = dg.AssetKey(["regional_orders", region_key(region)])
+        for feed_day, record in sorted(_latest_records(instance, key).items()):
+            metadata = _metadata(record)
+            version = metadata.get("delta_version")
+            if version is None:
+                continue
+            for day, rows in parse_late_days(metadata.get(LATE_EVENT_DAYS, "")).items():
+                seen = read.get(day, {}).get(region)
+                if seen is not None and seen < version:
+                    stale.setdefault(day, []).append(
+                        f"{region} {feed_day}: {rows} orders of the day, {key.to_user_string()} v{version} > v{seen} read"
+                    )
+    return dict(sorted(stale.items()))
+
+
+def rehome_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], list[str]]:
+    """One run per contiguous block of stale, published days; and the stale days left for later
+    (being written, or not published: their next run reads the delivery anyway)."""
+    stale = stale_days(instance)
+    if not stale:
+        return [], []
+    statuses = instance.get_status_by_partition(DAILY_REVENUE, list(stale), daily_partitions) or {}
+    waiting = [
+        f"{day}: {str(statuses.get(day, 'not materialized')).split('.')[-1].lower()}"
+        for day in stale
+        if statuses.get(day) != dg.AssetPartitionStatus.MATERIALIZED
+    ]
+    ready = [day for day in stale if statuses.get(day) == dg.AssetPartitionStatus.MATERIALIZED]
+    keys = daily_partitions.get_partition_keys()
+    position = {key: i for i, key in enumerate(keys)}
+    blocks: list[list[str]] = []
+    for day in ready:
+        if blocks and position[day] == position[blocks[-1][-1]] + 1:
+            blocks[-1].append(day)
+        else:
+            blocks.append([day])
+    requests = []
+    for block in blocks:
+        why = [f"{day} ({'; '.join(stale[day])})" for day in block]
+        range_tags = (
+            {"dagster/asset_partition_range_start": block[0], "dagster/asset_partition_range_end": block[-1]}
+            if len(block) > 1
+            else {}
+        )
+        requests.append(
+            dg.RunRequest(
+                run_key="rehome " + " | ".join(why),  # names the versions: a state is requested once
+                job_name=rehome_days_job.name,
+                partition_key=block[0] if len(block) == 1 else None,
+                tags={
+                    **range_tags,
+                    REHOMES_TAG: f"{block[0]}...{block[-1]}" if len(block) > 1 else block[0],
+                    REASON_TAG: ("late orders delivered after the day was published: " + "; ".join(why))[:4000],
+                },
+            )
+        )
+    return requests, waiting
+
+
+@dg.sensor(
+    jobs=[rehome_days_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Re-runs exactly the published days that a later delivery carries late orders of.",
+)
+def late_data_rehomes_days(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    requests, waiting = rehome_requests(context.instance)
+    for request in requests:
+        context.log.info(f"requesting {request.tags[REHOMES_TAG]}: {request.tags[REASON_TAG]}")
+    if waiting:
+        context.log.info("stale days not requested yet: " + "; ".join(waiting))
+    return dg.SensorResult(
+        run_requests=requests,
+        skip_reason=None
+        if requests
+        else "no published day is missing a later delivery's late orders"
+        + (f"; waiting: {'; '.join(waiting)}" if waiting else ""),
+    )

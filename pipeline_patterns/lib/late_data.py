@@ -1,0 +1,199 @@
+"""Late and out-of-order data: event time decides the day, a watermark decides what is still
+accepted, and the newest delivery of an order wins (patterns: event-time partitioning; allowed
+lateness; deduplicate on read).
+
+A regional table holds each region's deliveries by FEED day (the day of the delivery, gated as a
+unit). An order's day is its EVENT day: `event_day`, the UTC day of its event time (an event in
+the few tolerated minutes after its feed day's end counts with its feed day). A delivery is
+`lateness` days late when its feed day is that many days after its event day:
+- at most `allowed_lateness` days: accepted, and the order counts toward its event day;
+- later: too late for a closed day, kept in the region's late table with why (never dropped).
+
+`newest_deliveries` is the one home of the re-homing rule. Global day D holds, of every order
+delivered in the feed days D .. D + allowed_lateness, its newest delivery (delivery time, then
+batch id, then the other columns: a total order, so the result never depends on the order in
+which deliveries arrived or runs ran) when that delivery's event day is D. A day's content
+depends on those feed days alone, so a range run and day-by-day runs agree. The fan-in runs it
+on Spark's executors (`rehomed_frame`), the replay check on Arrow tables.
+
+Known limit (the simulator never does it): a correction delivered more than allowed_lateness days
+after an order's first counted delivery AND moving its event to a later day is reconciled only
+within the newer day's feed days, so the order would count in both days.
+"""
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from pipeline_patterns.lib.orders import ORDER_COLUMNS, REGIONAL_SCHEMA
+
+# A re-homed order: `day` is its event day, `feed_day` the day of the delivery that won.
+REHOMED_SCHEMA = REGIONAL_SCHEMA.append(pa.field("feed_day", pa.string()))
+LATE_SCHEMA = pa.schema(
+    [
+        *REGIONAL_SCHEMA,  # `day` is the feed day, as in the regional table
+        pa.field("event_day", pa.string()),
+        pa.field("lateness_days", pa.int64()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
+def event_day(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    """'YYYY-MM-DD' of each event's UTC day, never after its feed day (null where the time is)."""
+    utc_day = pc.cast(pc.cast(event_ts, pa.date32()), pa.string())
+    return pc.if_else(pc.greater(utc_day, feed_day), feed_day, utc_day)
+
+
+def lateness_days(event_days: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    """Days from each event day to its feed day (0 for an order delivered on its own day)."""
+    return pc.days_between(pc.cast(event_days, pa.date32()), pc.cast(feed_day, pa.date32()))
+
+
+def spark_event_day(event_ts: str = "event_ts", feed_day: str = "day"):
+    """`event_day` as a Spark column (the session's time zone is UTC)."""
+    utc_day = F.date_format(F.to_date(event_ts), "yyyy-MM-dd")
+    return F.least(utc_day, F.col(feed_day))
+
+
+def spark_lateness(event_ts: str = "event_ts", feed_day: str = "day"):
+    return F.datediff(F.to_date(F.col(feed_day)), F.to_date(spark_event_day(event_ts, feed_day)))
+
+
+def too_late_reason(allowed_lateness: int) -> str:
+    return (
+        f"delivered more than the allowed lateness ({allowed_lateness} days) after its event day: "
+        "that day was closed, so the order is not counted in it"
+    )
+
+
+def _newest_first(row: dict) -> tuple:
+    """Sort key: newest delivery first (delivery time, then batch id, descending, nulls last),
+    ties broken on every other column, so the winner never depends on arrival order."""
+
+    def desc(value):  # None sorts last
+        if value is None:
+            return (1, 0)
+        return (0, -value.timestamp()) if isinstance(value, dt.datetime) else (0, _Reversed(value))
+
+    def asc(value):
+        return (1, "") if value is None else (0, value)
+
+    return (
+        desc(row["delivered_at"]),
+        desc(row["batch_id"]),
+        *(asc(row[c]) for c in ORDER_COLUMNS[1:]),
+        asc(row["feed_day"]),
+    )
+
+
+class _Reversed:
+    """A string that sorts in reverse."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: "_Reversed") -> bool:
+        return self.value > other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and self.value == other.value
+
+
+def newest_deliveries(deliveries: pa.Table, allowed_lateness: int, days: Sequence[str] | None = None) -> pa.Table:
+    """The orders of `days` (all event days when None) as global days hold them (`REHOMED_SCHEMA`).
+
+    `deliveries` are clean regional rows (`REGIONAL_SCHEMA`, `day` = feed day) and must hold
+    every delivery of each order they contain within the feed days that matter (the fan-in groups
+    them by order id). Each row's event day E is computed here; it wins E when no delivery of
+    the same order in feed days E .. E + allowed_lateness is newer."""
+    table = deliveries.select(REGIONAL_SCHEMA.names).cast(REGIONAL_SCHEMA)
+    table = table.append_column("event_day", event_day(table["event_ts"], table["day"]))
+    counts = table.group_by("order_id").aggregate([("order_id", "count")])
+    repeated = counts.filter(pc.greater(counts["order_id_count"], 1))["order_id"]
+    alone = pc.invert(pc.is_in(table["order_id"], value_set=repeated))
+    winners = [table.filter(alone)]
+    if len(repeated):
+        winners.append(_reconcile(table.filter(pc.invert(alone)), allowed_lateness))
+    merged = pa.concat_tables(winners)
+    if days is not None:
+        merged = merged.filter(pc.is_in(merged["event_day"], value_set=pa.array(list(days), pa.string())))
+    columns = {n: merged[n] for n in REGIONAL_SCHEMA.names if n != "day"}
+    rehomed = pa.table({**columns, "day": merged["event_day"], "feed_day": merged["day"]})
+    return (
+        rehomed.select(REHOMED_SCHEMA.names)
+        .cast(REHOMED_SCHEMA)
+        .sort_by([("day", "ascending"), ("order_id", "ascending")])
+    )
+
+
+def _reconcile(rows: pa.Table, allowed_lateness: int) -> pa.Table:
+    """The winning deliveries among orders delivered more than once (few: a re-delivery on
+    another feed day, a correction)."""
+    by_order: dict[str, list[dict]] = {}
+    for index, row in enumerate(
+        rows.select(["order_id", "day", "event_day", "delivered_at", "batch_id", *ORDER_COLUMNS[1:]]).to_pylist()
+    ):
+        row["feed_day"], row["_index"] = row["day"], index
+        by_order.setdefault(row["order_id"], []).append(row)
+    keep = []
+    for versions in by_order.values():
+        ranked = sorted(versions, key=_newest_first)
+        for row in versions:
+            first = dt.date.fromisoformat(row["event_day"])
+            last = (first + dt.timedelta(days=allowed_lateness)).isoformat()
+            rivals = [r for r in ranked if row["event_day"] <= r["feed_day"] <= last]
+            if rivals and rivals[0] is row:
+                keep.append(row["_index"])
+    return rows.take(pa.array(sorted(keep), pa.int64()))
+
+
+def rehomed_frame(regional: DataFrame, allowed_lateness: int, days: Sequence[str]) -> DataFrame:
+    """`newest_deliveries` on Spark's executors: the clean regional rows of the feed days read
+    (every region in one DataFrame), grouped by order id by a shuffle and sorted, then streamed
+    batch by batch (an order's deliveries are never split between two calls): memory is one
+    batch, whatever the range."""
+    wanted = list(days)
+
+    def rehome(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        carry: pa.Table | None = None
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+            if table.num_rows == 0:
+                continue
+            last = table["order_id"][-1]
+            open_order = pc.equal(table["order_id"], last)
+            carry = table.filter(open_order)
+            done = table.filter(pc.invert(open_order))
+            if done.num_rows:
+                yield from newest_deliveries(done, allowed_lateness, wanted).to_batches()
+        if carry is not None and carry.num_rows:
+            yield from newest_deliveries(carry, allowed_lateness, wanted).to_batches()
+
+    return (
+        regional.select(REGIONAL_SCHEMA.names)
+        .repartition("order_id")
+        .sortWithinPartitions("order_id")
+        .mapInArrow(rehome, from_arrow_schema(REHOMED_SCHEMA))
+    )
+
+
+def late_day_counts(table: pa.Table, feed_day: str, allowed_lateness: int) -> tuple[int, dict[str, int]]:
+    """Of one feed day's rows: how many are too late, and per earlier event day within the
+    watermark, how many re-home there."""
+    days = event_day(table["event_ts"], pa.array([feed_day] * table.num_rows, pa.string()))
+    late = lateness_days(days, pa.array([feed_day] * table.num_rows, pa.string()))
+    too_late = pc.sum(pc.fill_null(pc.greater(late, allowed_lateness), False).cast(pa.int64())).as_py() or 0
+    accepted = pc.and_(pc.greater(late, 0), pc.less_equal(late, allowed_lateness))
+    earlier = pc.filter(days, pc.fill_null(accepted, False))
+    counts = pc.value_counts(earlier)
+    return too_late, {v["values"].as_py(): v["counts"].as_py() for v in counts}
