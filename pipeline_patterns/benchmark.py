@@ -88,7 +88,7 @@ def run_regional_day(landing_root: pathlib.Path, data_dir: pathlib.Path, window)
 
     result = dg.materialize(
         [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
-        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
         partition_key=BIG_DAY.isoformat(),
         resources={
             **build_resources(data_dir),
@@ -158,13 +158,15 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
 
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql import functions as F
 
+    from pipeline_patterns.defs.late_data import LateData
     from pipeline_patterns.defs.partitions import REGIONS, region_key
     from pipeline_patterns.defs.resources import spark_config
     from pipeline_patterns.lib import landing
+    from pipeline_patterns.lib.day_window import DayWindow
     from pipeline_patterns.lib.delta_writes import per_day
     from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, daily_revenue_frame, global_orders_frame, held_days
+    from pipeline_patterns.lib.late_data import rehomed_frame
     from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, regional_orders_frame
     from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, clean_frame, judge_days, quarantined_frame
     from pipeline_patterns.lib.rules import GateSettings
@@ -176,6 +178,7 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     lake = data_dir / "lake"
+    lateness = LateData().allowed_lateness_days
     days = [d.isoformat() for d in window.days]
     currencies = sorted({c for cs in CURRENCIES_BY_REGION.values() for c in cs} | {"USD"})
     clean_rows, quarantined = {}, {}
@@ -184,9 +187,9 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
         landed = landing.inspect_days(landing_root, region, window.days, columns=list(RECORD_FIELDS))
         files = [file for day in landed for file in day.files]
         staged = regional_orders_frame(spark, files).repartition("day").persist()
-        verdicts = judge_days(staged, landed, settings=settings)
+        verdicts = judge_days(staged, landed, settings=settings, allowed_lateness=lateness)
         uri = str(lake / "regional_orders" / region_key(region))
-        write_window(clean_frame(staged, verdicts), uri, window, REGIONAL_SCHEMA, clustered=True)
+        write_window(clean_frame(staged, verdicts, lateness), uri, window, REGIONAL_SCHEMA, clustered=True)
         write_window(
             quarantined_frame(staged, verdicts, "floor", dt.datetime.now(dt.UTC)),
             str(lake / "quarantined_orders" / region_key(region)),
@@ -198,10 +201,18 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
         clean_rows[region] = per_day(uri, window)
         quarantined[region] = {v.day: ",".join(v.failed_checks) for v in verdicts if v.branch == "quarantined"}
     ready = [d for d in days if d not in held_days(days, REGIONS, clean_rows, quarantined)]
-    regional = functools.reduce(
-        DataFrame.unionByName,
-        [read_window(spark, str(lake / "regional_orders" / region_key(r)), REGIONAL_SCHEMA, window) for r in REGIONS],
-    ).where(F.col("day").isin(ready))
+    delivered = DayWindow(window.start, window.end + dt.timedelta(days=lateness))
+    regional = rehomed_frame(
+        functools.reduce(
+            DataFrame.unionByName,
+            [
+                read_window(spark, str(lake / "regional_orders" / region_key(r)), REGIONAL_SCHEMA, delivered)
+                for r in REGIONS
+            ],
+        ),
+        lateness,
+        ready,
+    ).select(REGIONAL_SCHEMA.names)
     fx_days = [window.start + dt.timedelta(days=i) for i in range(-3, len(days))]  # late events: 3 days back
     rates = pa.table(
         {

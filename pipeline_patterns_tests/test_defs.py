@@ -28,12 +28,14 @@ def test_inventory_of_assets_and_groups():
         [f"raw_orders/{r}" for r in REGIONAL]
         + [f"regional_orders/{r}" for r in REGIONAL]
         + [f"quarantined_orders/{r}" for r in REGIONAL]
+        + [f"late_orders/{r}" for r in REGIONAL]
         + ["global_orders", "daily_revenue", "monthly_revenue", "revenue_summary", "green_release"]
     )
     assert {key: spec.group_name for key, spec in specs.items()} == {
         **{f"raw_orders/{r}": "landing" for r in REGIONAL},
         **{f"regional_orders/{r}": "regional" for r in REGIONAL},
         **{f"quarantined_orders/{r}": "regional" for r in REGIONAL},
+        **{f"late_orders/{r}": "regional" for r in REGIONAL},
         "global_orders": "global",
         "daily_revenue": "revenue",
         "monthly_revenue": "revenue",
@@ -48,8 +50,9 @@ def test_the_graph_fans_out_per_region_branches_to_quarantine_and_fans_in_to_glo
         assert edges[f"raw_orders/{region}"] == []
         assert edges[f"regional_orders/{region}"] == [f"raw_orders/{region}"]
         assert edges[f"quarantined_orders/{region}"] == [f"raw_orders/{region}"]
+        assert edges[f"late_orders/{region}"] == [f"raw_orders/{region}"]
     assert edges["global_orders"] == sorted(
-        f"{layer}/{r}" for r in REGIONAL for layer in ("regional_orders", "quarantined_orders")
+        f"{layer}/{r}" for r in REGIONAL for layer in ("regional_orders", "quarantined_orders", "late_orders")
     )
     assert edges["daily_revenue"] == ["global_orders"]
     assert edges["monthly_revenue"] == edges["revenue_summary"] == ["daily_revenue"]
@@ -138,11 +141,15 @@ def test_the_daily_schedule_and_the_sensors_run_by_default():
         ("aggregates_follow_days", dg.DefaultSensorStatus.RUNNING),
         ("notify_run_failure", dg.DefaultSensorStatus.RUNNING),
         ("heal_failed_days", dg.DefaultSensorStatus.RUNNING),
+        ("late_data_rehomes_days", dg.DefaultSensorStatus.RUNNING),
+        # stopped: it replaces the schedule when turned on, it never runs beside it
+        ("regions_close_their_day", dg.DefaultSensorStatus.STOPPED),
     }
     assert sorted(j.name for j in defs.jobs) == [
         "daily_orders",
         "monthly_revenue_job",
         "promote_green",
+        "rehome_late_orders",
         "revenue_summary_job",
         "rollback_green",
     ]

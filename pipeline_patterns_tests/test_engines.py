@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
 SPARK_HOME = pathlib.Path(pyspark.__file__).parent
 FIRST, LAST = "2024-01-02", "2024-01-03"
 TABLES = ["global_orders", "daily_revenue"] + [
-    f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders")
+    f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders", "late_orders")
 ]
 SERVER_ENV = {"SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable}
 

@@ -221,7 +221,7 @@ def _run(data_dir: pathlib.Path) -> dg.ExecuteInProcessResult:
     days = sorted(DAYS.values())
     return dg.materialize(
         all_assets(),
-        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
         resources={
             **pipeline_resources(data_dir),
@@ -282,7 +282,8 @@ def test_every_landed_record_ends_in_exactly_one_place(battery, name):
     )
     landed, kept, quarantined = (metadata[k].value for k in ("rows_landed", "dagster/row_count", "rows_quarantined"))
     duplicates, superseded = metadata["duplicates_dropped"].value, metadata["superseded_dropped"].value
-    assert landed == kept + duplicates + superseded + quarantined, name  # nothing lost, nothing invented
+    too_late = metadata["rows_too_late"].value
+    assert landed == kept + duplicates + superseded + quarantined + too_late, name  # nothing lost, nothing invented
     clean, held = _day(tables["clean"], day), _day(tables["quarantined"], day)
     if case.failed:
         assert clean.num_rows == 0 and held.num_rows == quarantined  # the whole day in quarantine
@@ -306,7 +307,7 @@ def test_a_day_never_landed_fails_the_step_naming_asset_region_day_and_remedy(sp
     landing.land(tmp_path / "landing", "us-east", FIRST, "hand-made", {"good.csv": good(FIRST.isoformat())})
     result = dg.materialize(
         all_assets(),
-        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
         tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"},
         resources=pipeline_resources(tmp_path),
         instance=dg.DagsterInstance.ephemeral(),

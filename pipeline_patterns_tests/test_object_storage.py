@@ -27,7 +27,7 @@ from pipeline_patterns_tests.helpers import free_port, materialize, serving
 pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
 FIRST, LAST = "2024-01-02", "2024-01-03"
 TABLES = ["global_orders", "daily_revenue"] + [
-    f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders")
+    f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders", "late_orders")
 ]
 
 

@@ -10,7 +10,13 @@ from deltalake import DeltaTable
 
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
-from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders, region_day_defects, usd_rate
+from pipeline_patterns.lib.simulated_feed import (
+    FeedSettings,
+    expected_day_orders,
+    expected_orders,
+    region_day_defects,
+    usd_rate,
+)
 from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_defs
 
 pytestmark = pytest.mark.spark
@@ -85,7 +91,8 @@ def test_duplicate_deliveries_are_dropped_keeping_the_latest(two_days):
 def test_global_orders_convert_every_order_to_usd_with_the_event_days_rate(two_days):
     data_dir, _, _ = two_days
     table = lake_table(data_dir, "global_orders")
-    expected = pa.concat_tables(expected_orders(r, d, SETTINGS) for r in REGIONS for d in DAYS[:2])
+    # day by day, each global day read the feed days delivered by then: its own
+    expected = pa.concat_tables(expected_day_orders(d, SETTINGS, [d], REGIONS) for d in DAYS[:2])
     assert table.num_rows == expected.num_rows
     assert len(set(table["order_id"].to_pylist())) == table.num_rows
     want = sum(
@@ -154,8 +161,8 @@ def test_every_delta_commit_carries_the_run_id(two_days):
 
 def test_rerunning_a_partition_leaves_identical_content(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    materialize(tmp_path, instance, partition="2024-01-02")
     materialize(tmp_path, instance, partition="2024-01-03")
+    materialize(tmp_path, instance, partition="2024-01-02")  # after 01-03: it holds 01-03's late orders
     before = lake_hashes(tmp_path)
     materialize(tmp_path, instance, partition="2024-01-02")
     materialize(tmp_path, instance, partition="2024-01-02")
@@ -163,8 +170,8 @@ def test_rerunning_a_partition_leaves_identical_content(spark, tmp_path):
     # and the re-runs replaced their own day only: the neighbour day was written once
     history = DeltaTable(str(tmp_path / "lake" / "global_orders")).history()
     assert [h["dagster_partitions"] for h in reversed(history)] == [
-        "2024-01-02",
         "2024-01-03",
+        "2024-01-02",
         "2024-01-02",
         "2024-01-02",
     ]
@@ -177,12 +184,15 @@ def test_a_range_in_one_run_equals_the_same_days_run_one_by_one(spark, tmp_path,
     result = materialize(tmp_path, instance, first="2024-01-02", last="2024-01-04")
     assert result.success
     table = lake_table(tmp_path, "global_orders")
-    middle = table.filter(pc.equal(table["day"], "2024-01-03"))
-    assert middle.num_rows == sum(expected_orders(r, DAYS[1], SETTINGS).num_rows for r in REGIONS)
-    for name in TABLES:
+    for day in DAYS:  # the range's global days hold their late orders from the range's later feed days
+        rows = table.filter(pc.equal(table["day"], day.isoformat()))
+        assert as_records(rows) == as_records(expected_day_orders(day, SETTINGS, DAYS, REGIONS)), day
+    for name in TABLES[: len(REGIONS)]:  # the regional tables: per feed day, as day by day
         mine = lake_table(tmp_path, name)
         first_two = mine.filter(pc.less(mine["day"], "2024-01-04"))
         assert content_hash(first_two) == content_hash(lake_table(day_by_day, name)), name
+    # day by day, the global days equal the range's once the late-data sensor's runs brought them
+    # up to date: test_late_data.py
     assert set(lake_table(tmp_path, "daily_revenue")["day"].to_pylist()) == {d.isoformat() for d in DAYS}
 
 
@@ -201,12 +211,14 @@ def test_one_regions_failure_does_not_stop_the_other_regions(spark, tmp_path):
         instance,
         partition="2024-01-02",
         selection=[
-            f"{layer}/{r}" for layer in ("regional_orders", "quarantined_orders") for r in ("us_east", "eu_west")
+            f"{layer}/{r}"
+            for layer in ("regional_orders", "quarantined_orders", "late_orders")
+            for r in ("us_east", "eu_west")
         ],
         raise_on_error=False,
     )
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert done == {"regional_orders/us_east", "quarantined_orders/us_east"}
+    assert done == {"regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"}
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no landed data for region eu-west on 2024-01-02" in str(failure.event_specific_data.error)
 
@@ -216,10 +228,10 @@ def test_global_orders_holds_a_day_with_a_missing_region_day_names_it_and_proces
     three = [
         f"{layer}/{region_key(r)}"
         for r in REGIONS[:3]
-        for layer in ("raw_orders", "regional_orders", "quarantined_orders")
+        for layer in ("raw_orders", "regional_orders", "quarantined_orders", "late_orders")
     ]
     materialize(tmp_path, instance, first="2024-01-02", last="2024-01-03", selection=three)
-    last = ["raw_orders/ap_south", "regional_orders/ap_south", "quarantined_orders/ap_south"]
+    last = ["raw_orders/ap_south", "regional_orders/ap_south", "quarantined_orders/ap_south", "late_orders/ap_south"]
     materialize(tmp_path, instance, partition="2024-01-03", selection=last)
     result = materialize(
         tmp_path,

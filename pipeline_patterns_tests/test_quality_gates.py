@@ -154,7 +154,12 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
         tmp_path,
         dg.DagsterInstance.ephemeral(),
         partition="2024-02-09",
-        selection=["raw_orders/eu_west", "regional_orders/eu_west", "quarantined_orders/eu_west"],
+        selection=[
+            "raw_orders/eu_west",
+            "regional_orders/eu_west",
+            "quarantined_orders/eu_west",
+            "late_orders/eu_west",
+        ],
         raise_on_error=False,
     )
     volume = next(e for e in result.get_asset_check_evaluations() if e.check_name == "volume_within_bounds")
@@ -166,7 +171,7 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
 @pytest.mark.spark
 def test_a_quarantined_day_moves_to_the_clean_table_once_its_source_is_fixed(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    selection = ["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east"]
+    selection = ["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"]
     materialize(tmp_path, instance, partition="2024-01-05", selection=selection, raise_on_error=False)
     assert quarantine(tmp_path).num_rows == TEST_ORDERS_PER_DAY
     # the source corrects the day (no more null user ids): re-extract and re-process the same day
@@ -223,7 +228,7 @@ def _materialize_small(data_dir) -> dg.ExecuteInProcessResult:
     """The regional step over hand-landed files, with volume bounds that fit three orders."""
     return dg.materialize(
         all_assets(),
-        selection=["regional_orders/us_east", "quarantined_orders/us_east"],
+        selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
         partition_key=DAY.isoformat(),
         resources={
             **pipeline_resources(data_dir),
@@ -253,7 +258,12 @@ def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp
         dg.DagsterInstance.ephemeral(),
         first="2024-01-04",
         last="2024-01-06",
-        selection=["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east"],
+        selection=[
+            "raw_orders/us_east",
+            "regional_orders/us_east",
+            "quarantined_orders/us_east",
+            "late_orders/us_east",
+        ],
     )
     assert result.success  # a quarantined day is the designed branch, not a failure
     per_day = {

@@ -16,11 +16,13 @@ from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
+from pipeline_patterns.lib.late_data import LATE_SCHEMA
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA, daily_revenue_table, regional_orders_frame
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS, QUARANTINE_SCHEMA, judge
 from pipeline_patterns.lib.simulated_feed import (
     RECORD_FIELDS,
     FeedSettings,
+    expected_day_orders,
     expected_orders,
     region_day_defects,
     usd_rate,
@@ -48,7 +50,9 @@ def table(data_dir, name: str) -> pa.Table:
 
 def hashes(data_dir) -> dict[str, str]:
     names = ["global_orders", "daily_revenue"] + [
-        f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders")
+        f"{layer}/{region_key(r)}"
+        for r in REGIONS
+        for layer in ("regional_orders", "quarantined_orders", "late_orders")
     ]
     return {name: content_hash(table(data_dir, name), exclude=AUDIT_COLUMNS) for name in names}
 
@@ -71,8 +75,12 @@ def test_one_run_processes_every_ready_day_and_holds_exactly_the_days_with_a_bad
     assert sorted(set(orders["day"].to_pylist())) == READY
     middle = READY[len(READY) // 2]
     rows = orders.filter(pc.equal(orders["day"], middle))
-    expected = pa.concat_tables(expected_orders(r, dt.date.fromisoformat(middle), SETTINGS) for r in REGIONS)
+    # its orders by event time: from its own feed day and the range's clean feed days after it
+    delivered = [dt.date.fromisoformat(d) for d in DAYS]
+    expected = expected_day_orders(dt.date.fromisoformat(middle), SETTINGS, delivered, REGIONS, held=BAD)
     assert sorted(rows["order_id"].to_pylist()) == sorted(expected["order_id"].to_pylist())
+    feed_days = {i.split("-")[-2] for i in rows["order_id"].to_pylist()}  # ids name their feed day
+    assert len(feed_days) > 1, "late orders of later feed days are counted in their event day"
     revenue = table(data_dir, "daily_revenue")
     assert sorted(set(revenue["day"].to_pylist())) == READY and revenue.num_rows == len(READY) * len(REGIONS)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -134,7 +142,7 @@ def test_partition_statuses_are_true_per_day(backfill):
             "AssetPartitionStatus.FAILED": set(HELD),
         }
     for region in REGIONS:
-        for layer in ("raw_orders", "regional_orders", "quarantined_orders"):
+        for layer in ("raw_orders", "regional_orders", "quarantined_orders", "late_orders"):
             assert statuses(f"{layer}/{region_key(region)}") == {"AssetPartitionStatus.MATERIALIZED": set(DAYS)}
 
 
@@ -218,7 +226,14 @@ def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark)
         expected[f"quarantined_orders/{region_key(region)}"] = content_hash(
             pa.concat_tables([QUARANTINE_SCHEMA.empty_table().select(AUDIT_FREE), *quarantined])
         )
-    regional = [t.filter(pc.invert(pc.is_in(t["day"], value_set=pa.array(sorted(held))))) for t in clean_by_region]
+        expected[f"late_orders/{region_key(region)}"] = content_hash(LATE_SCHEMA.empty_table())  # none > 3 days
+    # the global days: every clean row counted in its event day (the simulator delivers an order
+    # on one feed day only), the held days and the days before the range left out
+    regional = []
+    for t in clean_by_region:
+        by_event = t.set_column(t.schema.get_field_index("day"), "day", fx_day(t["event_ts"]))
+        ready = sorted(set(DAYS) - held)
+        regional.append(by_event.filter(pc.is_in(by_event["day"], value_set=pa.array(ready))))
     orders = pa.concat_tables(regional)
     pairs = sorted(
         {(c, d) for c, d in zip(orders["currency"].to_pylist(), fx_day(orders["event_ts"]).to_pylist(), strict=True)}

@@ -58,7 +58,7 @@ def test_a_30_percent_failing_source_still_lands_seven_days_of_exact_data(spark,
     regions = [
         f"{layer}/{r}"
         for r in ("us_east", "ap_south")
-        for layer in ("raw_orders", "regional_orders", "quarantined_orders")
+        for layer in ("raw_orders", "regional_orders", "quarantined_orders", "late_orders")
     ]
     result = run(tmp_path, regions, "2024-01-06", "2024-01-12", orders_source=source, source_breaker=breaker)
     assert result.success

@@ -25,7 +25,7 @@ KILLED = "2024-01-07"  # its run died
 BROKEN = "2024-01-08"  # fails whatever is tried: healing gives up on it
 HEALED = [*OUTAGE, KILLED]
 TABLES = ["global_orders", "daily_revenue"] + [
-    f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders")
+    f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders", "late_orders")
 ]
 
 

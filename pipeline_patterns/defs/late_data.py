@@ -85,7 +85,8 @@ def _latest_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str,
             dg.AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=len(chunk)
         ).records
         for record in records:
-            found[record.partition_key] = record
+            if record.partition_key is not None:
+                found[record.partition_key] = record
     return found
 
 

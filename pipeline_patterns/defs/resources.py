@@ -17,6 +17,7 @@ from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
 from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
 from pipeline_patterns.defs.late_data import LateData
+from pipeline_patterns.defs.readiness import DayClose
 from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
 from pipeline_patterns.defs.self_healing import HealingPolicy
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
@@ -84,6 +85,7 @@ def build_resources(data_dir: Path, *, local: bool = False) -> dict[str, object]
         "fx_breaker": Breaker(name="fx_rates", store=breakers),
         "healing_policy": HealingPolicy(),
         "late_data": LateData(),
+        "day_close": DayClose(),
         "publication": Publication(),
         "source_retries": RetrySettings(),
         "fx_retries": RetrySettings(),

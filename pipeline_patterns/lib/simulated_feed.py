@@ -19,7 +19,7 @@ import os
 import pathlib
 import random
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -301,3 +301,23 @@ class FeedFaults:
                 raise SourceUnavailableError(f"{what}: the feed is down (outage until {end.isoformat()})")
         if self.failure_rate and self.rng.random() < self.failure_rate:
             raise SourceUnavailableError(f"{what}: the feed timed out (simulated transient failure)")
+
+
+def expected_day_orders(
+    day: dt.date,
+    settings: FeedSettings,
+    delivered: Sequence[dt.date],
+    regions: Sequence[str],
+    allowed_lateness: int = 3,
+    held: Collection[tuple[str, str]] = (),
+) -> pa.Table:
+    """The orders a correct pipeline counts in global `day` once the feed days `delivered` are
+    processed (but the (region, 'YYYY-MM-DD') region-days `held` in quarantine): of the feed days
+    `day` .. `day` + `allowed_lateness` among them, the orders whose event day is `day` (the
+    simulator never delivers an order on two feed days)."""
+    feed_days = [d for d in delivered if 0 <= (d - day).days <= allowed_lateness]
+    tables = [expected_orders(r, d, settings) for r in regions for d in feed_days if (r, d.isoformat()) not in held]
+    if not tables:
+        return pa.table({name: pa.array([], pa.string()) for name in RECORD_FIELDS})
+    orders = pa.concat_tables(tables)
+    return orders.filter(pc.equal(pc.utf8_slice_codeunits(orders["event_ts"], 0, 10), day.isoformat()))

@@ -32,7 +32,7 @@ from pipeline_patterns.defs.assets.global_merge import (
     REVENUE_NOT_NULL,
     fan_in,
 )
-from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key
+from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.late_data import LateData
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
@@ -64,7 +64,7 @@ class Publication(dg.ConfigurableResource):
 
 @dg.asset(
     key=GREEN_RELEASE,
-    deps=[k for r in REGIONS for k in (regional_key(r), quarantine_key(r))],
+    deps=[k for r in REGIONS for k in (regional_key(r), quarantine_key(r), late_key(r))],
     partitions_def=daily_partitions,
     backfill_policy=single_run,
     group_name="publish",
