@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.automation import aggregates_follow_days, monthly_revenue_job
+from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, region_day_defects
@@ -120,12 +121,26 @@ def test_a_rewritten_day_refreshes_its_month_and_the_summary_and_nothing_else(ja
         null_user_day_rate=0.0,
         collapsed_volume_day_rate=0.0,
     )
+    # the re-delivery carries other late orders of 12..14 January: the late-data sensor re-homes
+    # the days it touches (exactly those) before the month is recomputed
+    rehome, _ = rehome_requests(instance)
+    assert rehome and all(r.tags["pipeline_patterns/rehomes_days"] < "2024-01-15" for r in rehome)
+    for request in rehome:
+        materialize(
+            data_dir,
+            instance,
+            partition=request.partition_key,
+            selection=["global_orders", "daily_revenue"],
+            tags=dict(request.tags),
+        )
+    assert rehome_requests(instance) == ([], [])
     second = tick(defs, instance)
     assert second == {("monthly_revenue_job", "2024-01-01"), ("revenue_summary_job", None)}
     run_requested(data_dir, instance, second)
     after = lake(data_dir, "monthly_revenue")
     orders_before = dict(zip(before["region"].to_pylist(), before["orders"].to_pylist(), strict=True))
     orders_after = dict(zip(after["region"].to_pylist(), after["orders"].to_pylist(), strict=True))
+    # every order of the feed day counts in January, whichever day it re-homed to
     assert {r: orders_before[r] - orders_after[r] for r in orders_after} == {r: 100 for r in orders_after}
     assert tick(defs, instance) == set()  # caught up: nothing is recomputed twice
 

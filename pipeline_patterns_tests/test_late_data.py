@@ -65,7 +65,7 @@ def test_every_order_counts_once_in_the_event_day_of_its_newest_delivery():
         ("b", "2024-01-02", "2024-01-05", 10.0),  # a late order re-homed to its event day
         ("c", "2024-01-03", "2024-01-05", 10.0),  # the newer copy moved it a day back: counted once
         ("d", "2024-01-04", "2024-01-04", 10.0),
-        ("e", "2024-01-04", "2024-01-04", 5.0),
+        ("e", "2024-01-04", "2024-01-05", 4.0),  # a tie in time and batch: settled by content
     }
 
 

@@ -90,14 +90,28 @@ def _latest_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str,
     return found
 
 
+def _all_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[dg.EventLogRecord]:
+    """Every materialization of the asset (each re-delivery of a feed day is one)."""
+    records: list[dg.EventLogRecord] = []
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(key, limit=1000, cursor=cursor)
+        records.extend(page.records)
+        if not page.has_more:
+            return records
+        cursor = page.cursor
+
+
 def _metadata(record: dg.EventLogRecord) -> dict:
     materialization = record.asset_materialization
     return {k: v.value for k, v in (materialization.metadata if materialization else {}).items()}
 
 
 def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
-    """Published global days that a regional commit newer than the one they read touches, each
-    with why ('us-east 2024-01-05: 12 orders, regional_orders/us_east v9 > v7 read')."""
+    """Published global days whose orders in a later feed day changed since they read it, each
+    with why ('us-east 2024-01-05: 12 orders of the day (were 0), regional_orders/us_east v9 > v7
+    read'). A feed day re-delivered (or re-processed into quarantine) counts too: the day is
+    stale when the state it read or the latest state carries orders of it."""
     read = {}
     for day, record in _latest_records(instance, GLOBAL_ORDERS).items():
         versions = _metadata(record).get(REGIONAL_VERSIONS)
@@ -106,16 +120,26 @@ def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     stale: dict[str, list[str]] = {}
     for region in REGIONS:
         key = dg.AssetKey(["regional_orders", region_key(region)])
-        for feed_day, record in sorted(_latest_records(instance, key).items()):
+        history: dict[str, list[tuple[int, dict[str, int]]]] = {}
+        for record in _all_records(instance, key):
             metadata = _metadata(record)
-            version = metadata.get("delta_version")
-            if version is None:
-                continue
-            for day, rows in parse_late_days(metadata.get(LATE_EVENT_DAYS, "")).items():
+            if metadata.get("delta_version") is not None and record.partition_key is not None:
+                late = parse_late_days(metadata.get(LATE_EVENT_DAYS, ""))
+                history.setdefault(record.partition_key, []).append((int(metadata["delta_version"]), late))
+        for feed_day, states in sorted(history.items()):
+            states.sort(key=lambda state: state[0])
+            version, latest = states[-1]
+            for day in sorted({d for _, late in states for d in late}):
                 seen = read.get(day, {}).get(region)
-                if seen is not None and seen < version:
+                if seen is None or version <= seen:
+                    continue  # not published, or it read this delivery's latest state
+                # what the day counted of this feed day (the state at the version it read) and
+                # what it should count now: stale when either has orders of the day
+                base = next((late for v, late in reversed(states) if v <= seen), {})
+                if day in latest or day in base:
+                    rows = f"{latest.get(day, 0)} orders of the day (were {base.get(day, 0)})"
                     stale.setdefault(day, []).append(
-                        f"{region} {feed_day}: {rows} orders of the day, {key.to_user_string()} v{version} > v{seen} read"
+                        f"{region} {feed_day}: {rows}, {key.to_user_string()} v{version} > v{seen} read"
                     )
     return dict(sorted(stale.items()))
 

@@ -44,25 +44,31 @@ LATE_SCHEMA = pa.schema(
 )
 
 
+def _event_date(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array):
+    feed = pc.cast(feed_day, pa.date32())  # a feed day is a partition key: always YYYY-MM-DD
+    event = pc.cast(event_ts, pa.date32())  # dates, not strings: year 10000 compares right
+    return pc.if_else(pc.greater(event, feed), feed, event), feed
+
+
 def event_day(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     """'YYYY-MM-DD' of each event's UTC day, never after its feed day (null where the time is)."""
-    utc_day = pc.cast(pc.cast(event_ts, pa.date32()), pa.string())
-    return pc.if_else(pc.greater(utc_day, feed_day), feed_day, utc_day)
+    event, _ = _event_date(event_ts, feed_day)
+    return pc.cast(event, pa.string())
 
 
-def lateness_days(event_days: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+def lateness_days(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     """Days from each event day to its feed day (0 for an order delivered on its own day)."""
-    return pc.days_between(pc.cast(event_days, pa.date32()), pc.cast(feed_day, pa.date32()))
+    event, feed = _event_date(event_ts, feed_day)
+    return pc.days_between(event, feed)
 
 
 def spark_event_day(event_ts: str = "event_ts", feed_day: str = "day"):
     """`event_day` as a Spark column (the session's time zone is UTC)."""
-    utc_day = F.date_format(F.to_date(event_ts), "yyyy-MM-dd")
-    return F.least(utc_day, F.col(feed_day))
+    return F.date_format(F.least(F.to_date(event_ts), F.to_date(F.col(feed_day))), "yyyy-MM-dd")
 
 
 def spark_lateness(event_ts: str = "event_ts", feed_day: str = "day"):
-    return F.datediff(F.to_date(F.col(feed_day)), F.to_date(spark_event_day(event_ts, feed_day)))
+    return F.datediff(F.to_date(F.col(feed_day)), F.least(F.to_date(event_ts), F.to_date(F.col(feed_day))))
 
 
 def too_late_reason(allowed_lateness: int) -> str:
@@ -190,8 +196,8 @@ def rehomed_frame(regional: DataFrame, allowed_lateness: int, days: Sequence[str
 def late_day_counts(table: pa.Table, feed_day: str, allowed_lateness: int) -> tuple[int, dict[str, int]]:
     """Of one feed day's rows: how many are too late, and per earlier event day within the
     watermark, how many re-home there."""
-    days = event_day(table["event_ts"], pa.array([feed_day] * table.num_rows, pa.string()))
-    late = lateness_days(days, pa.array([feed_day] * table.num_rows, pa.string()))
+    feed = pa.array([feed_day] * table.num_rows, pa.string())
+    days, late = event_day(table["event_ts"], feed), lateness_days(table["event_ts"], feed)
     too_late = pc.sum(pc.fill_null(pc.greater(late, allowed_lateness), False).cast(pa.int64())).as_py() or 0
     accepted = pc.and_(pc.greater(late, 0), pc.less_equal(late, allowed_lateness))
     earlier = pc.filter(days, pc.fill_null(accepted, False))
