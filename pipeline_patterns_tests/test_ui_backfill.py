@@ -19,7 +19,7 @@ import requests
 
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.lib.delta_writes import read_table
-from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, expected_orders, region_day_defects
+from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, expected_day_orders, region_day_defects
 from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_PER_DAY, free_port
 
 pytestmark = pytest.mark.subprocess
@@ -35,8 +35,12 @@ HELD_DAYS = ["2024-01-05"]
 RAW = [("raw_orders", region_key(r)) for r in REGIONS]
 REGIONAL = [("regional_orders", region_key(r)) for r in REGIONS]
 QUARANTINE = [("quarantined_orders", region_key(r)) for r in REGIONS]
+LATE = [("late_orders", region_key(r)) for r in REGIONS]
 FAN_IN = [("global_orders",), ("daily_revenue",)]
-DAILY_GRAPH = RAW + REGIONAL + QUARANTINE + FAN_IN
+DAILY_GRAPH = RAW + REGIONAL + QUARANTINE + LATE + FAN_IN
+# The corrected 01-05 of us-east and eu-west carries late orders of 01-04, published before: the
+# late-data sensor re-runs exactly that day.
+REHOMED_DAY = "2024-01-04"
 
 BACKFILL_TIMEOUT = 600
 RUN_TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -282,20 +286,30 @@ def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(da
     assert sorted(backfill["partitionNames"]) == HELD_DAYS
     assert all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
 
+    # 5b. the daemon's late-data sensor re-homes the corrected deliveries' late orders: each day ends
+    # with the orders of its event day from its own and the later feed days, as one clean run
+    corrected = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY, corrected=frozenset(BAD_REGION_DAYS))
+    delivered = [dt.date.fromisoformat(d) for d in DAYS]
+    expected = {d: expected_day_orders(dt.date.fromisoformat(d), corrected, delivered, REGIONS) for d in DAYS}
+    deadline = time.time() + 180
+    while time.time() < deadline and (
+        global_rows(data_dir) != {d: t.num_rows for d, t in expected.items()} or rehome_statuses(url) != ["SUCCESS"]
+    ):
+        time.sleep(POLL)
     statuses = graph_statuses(url, DAYS)
     for key in DAILY_GRAPH:
         assert statuses[key] == dict.fromkeys(DAYS, "MATERIALIZED"), (key, statuses[key])
     assert failed_and_missing_only(statuses, DAYS) == []
-
     orders = read_table(str(data_dir / "lake" / "global_orders"))
     assert sorted(set(orders["day"].to_pylist())) == DAYS
-    corrected = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY, corrected=frozenset(BAD_REGION_DAYS))
     for day in DAYS:
         rows = orders.filter(pc.equal(orders["day"], day))
         assert sorted(set(rows["region"].to_pylist())) == sorted(REGIONS), day
-        for region in REGIONS:
-            landed = rows.filter(pc.equal(rows["region"], region)).num_rows
-            assert landed == expected_orders(region, dt.date.fromisoformat(day), corrected).num_rows, (day, region)
+        assert sorted(rows["order_id"].to_pylist()) == sorted(expected[day]["order_id"].to_pylist()), day
+    runs = graph_runs(url, "pipeline_patterns/rehomes_days", REHOMED_DAY)
+    assert [r["status"] for r in runs] == ["SUCCESS"], runs
+    reason = next(t["value"] for t in runs[0]["tags"] if t["key"] == "pipeline_patterns/reason")
+    assert "us-east 2024-01-05" in reason and "eu-west 2024-01-05" in reason, reason
 
     # 6. the automation follows, by the daemon's own sensor ticks: the summary is recomputed from
     # the refilled days; January is incomplete (3 of 31 days), so no month is published
@@ -305,6 +319,32 @@ def test_range_backfill_holds_bad_days_and_the_fix_up_backfill_completes_them(da
     assert summary_days(data_dir) == {len(DAYS)}, "the sensor never recomputed revenue_summary over the refilled days"
     assert latest_materialization(url, "revenue_summary")
     assert latest_materialization(url, "monthly_revenue") is None
+
+
+def rehome_statuses(url: str) -> list[str]:
+    """The statuses of the runs the late-data sensor launched for REHOMED_DAY."""
+    runs = graph_runs(url, "pipeline_patterns/rehomes_days", REHOMED_DAY)
+    return [r["status"] for r in runs]
+
+
+def graph_runs(url: str, key: str, value: str) -> list[dict]:
+    return graphql(url, RUNS_TAGGED, key=key, value=value)["runsOrError"]["results"]
+
+
+def global_rows(data_dir: pathlib.Path) -> dict[str, int]:
+    """Rows per day of global_orders."""
+    orders = read_table(str(data_dir / "lake" / "global_orders"))
+    counts = orders.group_by("day").aggregate([("order_id", "count")])
+    return dict(zip(counts["day"].to_pylist(), counts["order_id_count"].to_pylist(), strict=True))
+
+
+RUNS_TAGGED = """
+query($key: String!, $value: String!) {
+  runsOrError(filter: {tags: [{key: $key, value: $value}]}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}
+"""
 
 
 def summary_days(data_dir: pathlib.Path) -> set[int]:

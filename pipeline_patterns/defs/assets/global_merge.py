@@ -5,7 +5,10 @@ A global day is all regions or nothing. In one run over a range, this step proce
 whose four region-days are clean and HOLDS the others (a region-day quarantined or not yet
 processed), saying which and why: per held day in the run's failure, the notifier and the log.
 Both tables still take one transaction each for the whole window, so they hold exactly what one
-clean run writes: the ready days' rows, nothing on held days. The rows stay in Spark: it reads
+clean run writes: the ready days' rows, nothing on held days. A day's orders are those whose event
+day it is, from its own feed day and the allowed lateness of feed days after it, the newest
+delivery of each winning (lib/late_data.py; the late_data_rehomes_days sensor re-runs a published
+day when a later delivery touches it). The rows stay in Spark: it reads
 the regional snapshots' files, converts to USD on the executors (the FX rates, a few per day,
 travel with the tasks: a broadcast join), aggregates the revenue, and writes the files the
 driver commits.

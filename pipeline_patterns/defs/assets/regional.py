@@ -2,8 +2,10 @@
 and deduplicated in Spark, gated, and each region-day sent down one branch (patterns: fan-out;
 quality gate with a process-or-quarantine branch; idempotent window writes).
 
-One step per region writes both tables of its branch, each replacing exactly the run's days in one
-transaction. A quarantined region-day is the designed outcome, not an error: the step succeeds,
+One step per region writes its three tables (clean, quarantined, and late_orders for what came
+later than the allowed lateness: lib/late_data.py), each replacing exactly the run's days in one
+transaction. The clean table keeps each delivery under its FEED day; the fan-in counts each order
+in its event day. A quarantined region-day is the designed outcome, not an error: the step succeeds,
 the day's clean partition is empty, its rows are in quarantine with the failed checks, and only
 the fan-in of that day is held (see global_merge.py). Each day reports its own branch and row
 counts. Spark parses and deduplicates the region's window, its executors judge each day
