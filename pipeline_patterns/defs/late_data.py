@@ -204,6 +204,9 @@ def late_data_rehomes_days(context: dg.SensorEvaluationContext) -> dg.SensorResu
         run_requests=requests,
         skip_reason=None
         if requests
-        else "no published day is missing a later delivery's late orders"
-        + (f"; waiting: {'; '.join(waiting)}" if waiting else ""),
+        else (
+            "stale days not requested yet (their next run reads the late orders): " + "; ".join(waiting)
+            if waiting
+            else "every published day holds its later deliveries' late orders"
+        ),
     )
