@@ -3,19 +3,23 @@ the published days it touches up to date (the sensor, evaluated as the daemon do
 sends what is too late to late_orders, and the newest delivery wins whatever the arrival order."""
 
 import datetime as dt
+import io
 import itertools
+import re
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pytest
 
 from pipeline_patterns.defs.late_data import LateData, late_data_rehomes_days, rehome_requests, stale_days
 from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.late_data import event_day, late_day_counts, newest_deliveries, rehomed_frame
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
-from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_deliveries
+from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_deliveries, region_day_files
 from pipeline_patterns.replay import verify_range
 from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_resources
 
@@ -240,3 +244,33 @@ def test_orders_beyond_the_watermark_go_to_late_orders_and_every_row_is_accounte
             + meta["rows_quarantined"]
             + meta["rows_too_late"]
         )
+
+
+def test_a_correction_moving_an_order_to_a_later_day_takes_it_out_of_the_published_day(spark, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(tmp_path, instance, first="2024-01-06", last="2024-01-07")
+    # us-east's 01-07 delivery corrects an order of 01-06: its event moves to 01-07, its amount changes
+    records = pa.concat_tables(region_day_deliveries("us-east", dt.date(2024, 1, 6), SETTINGS).values())
+    moved = records.filter(pc.equal(records["order_id"], "us-east-20240106-000010"))
+    fields = {"event_ts": "2024-01-07T00:02:00Z", "delivered_at": "2024-01-07T12:00:00Z", "amount": "99.99"}
+    fields |= {"batch_id": "us-east-20240107-fix"}
+    for name, value in fields.items():
+        moved = moved.set_column(moved.schema.get_field_index(name), name, pa.array([value]))
+    buffer = io.BytesIO()
+    pacsv.write_csv(moved, buffer)
+    files = {**region_day_files("us-east", dt.date(2024, 1, 7), SETTINGS), "fix.csv": buffer.getvalue()}
+    landing.land(tmp_path / "landing", "us-east", dt.date(2024, 1, 7), "hand-correction", files)
+    us_east = [f"{t}/us_east" for t in ("regional_orders", "quarantined_orders", "late_orders")]
+    materialize(tmp_path, instance, partition="2024-01-07", selection=[*us_east, *FAN_IN])
+    stale = stale_days(instance)
+    assert list(stale) == ["2024-01-06"], stale
+    # the day counts one more order of the delivery than before: the one the correction takes away
+    [why] = [w for w in stale["2024-01-06"] if w.startswith("us-east 2024-01-07")]
+    now, were = map(int, re.match(r"us-east 2024-01-07: (\d+) orders of the day \(were (\d+)\)", why).groups())
+    assert now == were + 1, why
+    run_requests(tmp_path, instance, rehome_requests(instance)[0])
+    orders = read_table(str(tmp_path / "lake" / "global_orders"))
+    rows = orders.filter(pc.equal(orders["order_id"], "us-east-20240106-000010")).to_pylist()
+    assert [(r["day"], r["amount"]) for r in rows] == [("2024-01-07", 99.99)]  # counted once, corrected
+    revenue = read_table(str(tmp_path / "lake" / "daily_revenue"))
+    assert pc.sum(revenue["orders"]).as_py() == orders.num_rows

@@ -21,6 +21,8 @@ requested once. Each contiguous block of stale days is one range run of the fan-
 session); the aggregates sensor then recomputes their months.
 """
 
+import hashlib
+
 import dagster as dg
 from pydantic import Field
 
@@ -74,22 +76,6 @@ rehome_days_job = dg.define_asset_job(
 )
 
 
-def _latest_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, dg.EventLogRecord]:
-    """Partition -> its latest materialization record."""
-    ids = instance.get_latest_storage_id_by_partition(key, MATERIALIZATION)
-    found: dict[str, dg.EventLogRecord] = {}
-    wanted = sorted(ids.values())
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=len(chunk)
-        ).records
-        for record in records:
-            if record.partition_key is not None:
-                found[record.partition_key] = record
-    return found
-
-
 def _all_records(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[dg.EventLogRecord]:
     """Every materialization of the asset (each re-delivery of a feed day is one)."""
     records: list[dg.EventLogRecord] = []
@@ -112,11 +98,13 @@ def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     with why ('us-east 2024-01-05: 12 orders of the day (were 0), regional_orders/us_east v9 > v7
     read'). A feed day re-delivered (or re-processed into quarantine) counts too: the day is
     stale when the state it read or the latest state carries orders of it."""
-    read = {}
-    for day, record in _latest_records(instance, GLOBAL_ORDERS).items():
+    # the regional versions each day's latest fan-in read (a blue-green switch records none: the
+    # fan-in before it counts, which can only make a day stale early, never miss it)
+    read: dict[str, dict[str, int]] = {}
+    for record in sorted(_all_records(instance, GLOBAL_ORDERS), key=lambda r: r.storage_id):
         versions = _metadata(record).get(REGIONAL_VERSIONS)
-        if versions:
-            read[day] = parse_versions(versions)
+        if versions and record.partition_key is not None:
+            read[record.partition_key] = parse_versions(versions)
     stale: dict[str, list[str]] = {}
     for region in REGIONS:
         key = dg.AssetKey(["regional_orders", region_key(region)])
@@ -175,7 +163,8 @@ def rehome_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], 
         )
         requests.append(
             dg.RunRequest(
-                run_key="rehome " + " | ".join(why),  # names the versions: a state is requested once
+                # the days and the versions that made them stale: a state is requested once
+                run_key="rehome " + hashlib.sha256(" | ".join(why).encode()).hexdigest(),
                 job_name=rehome_days_job.name,
                 partition_key=block[0] if len(block) == 1 else None,
                 tags={

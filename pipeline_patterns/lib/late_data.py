@@ -122,9 +122,11 @@ def newest_deliveries(deliveries: pa.Table, allowed_lateness: int, days: Sequenc
     the same order in feed days E .. E + allowed_lateness is newer."""
     table = deliveries.select(REGIONAL_SCHEMA.names).cast(REGIONAL_SCHEMA)
     table = table.append_column("event_day", event_day(table["event_ts"], table["day"]))
-    counts = table.group_by("order_id").aggregate([("order_id", "count")])
-    repeated = counts.filter(pc.greater(counts["order_id_count"], 1))["order_id"]
-    alone = pc.invert(pc.is_in(table["order_id"], value_set=repeated))
+    # an order is (region, order_id): two regions' feeds may reuse an id
+    table = table.append_column("_order", pc.binary_join_element_wise(table["region"], table["order_id"], "\u0000"))
+    counts = table.group_by("_order").aggregate([("_order", "count")])
+    repeated = counts.filter(pc.greater(counts["_order_count"], 1))["_order"]
+    alone = pc.invert(pc.is_in(table["_order"], value_set=repeated))
     winners = [table.filter(alone)]
     if len(repeated):
         winners.append(_reconcile(table.filter(pc.invert(alone)), allowed_lateness))
@@ -144,11 +146,10 @@ def _reconcile(rows: pa.Table, allowed_lateness: int) -> pa.Table:
     """The winning deliveries among orders delivered more than once (few: a re-delivery on
     another feed day, a correction)."""
     by_order: dict[str, list[dict]] = {}
-    for index, row in enumerate(
-        rows.select(["order_id", "day", "event_day", "delivered_at", "batch_id", *ORDER_COLUMNS[1:]]).to_pylist()
-    ):
+    columns = ["_order", "day", "event_day", "delivered_at", "batch_id", *ORDER_COLUMNS[1:]]
+    for index, row in enumerate(rows.select(columns).to_pylist()):
         row["feed_day"], row["_index"] = row["day"], index
-        by_order.setdefault(row["order_id"], []).append(row)
+        by_order.setdefault(row["_order"], []).append(row)
     keep = []
     for versions in by_order.values():
         ranked = sorted(versions, key=_newest_first)
@@ -165,7 +166,7 @@ def rehomed_frame(regional: DataFrame, allowed_lateness: int, days: Sequence[str
     """`newest_deliveries` on Spark's executors: the clean regional rows of the feed days read
     (every region in one DataFrame), grouped by order id by a shuffle and sorted, then streamed
     batch by batch (an order's deliveries are never split between two calls): memory is one
-    batch, whatever the range."""
+    batch, whatever the range. An order is its (region, order_id)."""
     wanted = list(days)
 
     def rehome(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -176,8 +177,9 @@ def rehomed_frame(regional: DataFrame, allowed_lateness: int, days: Sequence[str
                 table = pa.concat_tables([carry, table])
             if table.num_rows == 0:
                 continue
-            last = table["order_id"][-1]
-            open_order = pc.equal(table["order_id"], last)
+            open_order = pc.and_(
+                pc.equal(table["region"], table["region"][-1]), pc.equal(table["order_id"], table["order_id"][-1])
+            )
             carry = table.filter(open_order)
             done = table.filter(pc.invert(open_order))
             if done.num_rows:
@@ -187,8 +189,8 @@ def rehomed_frame(regional: DataFrame, allowed_lateness: int, days: Sequence[str
 
     return (
         regional.select(REGIONAL_SCHEMA.names)
-        .repartition("order_id")
-        .sortWithinPartitions("order_id")
+        .repartition("region", "order_id")
+        .sortWithinPartitions("region", "order_id")
         .mapInArrow(rehome, from_arrow_schema(REHOMED_SCHEMA))
     )
 
@@ -203,3 +205,25 @@ def late_day_counts(table: pa.Table, feed_day: str, allowed_lateness: int) -> tu
     earlier = pc.filter(days, pc.fill_null(accepted, False))
     counts = pc.value_counts(earlier)
     return too_late, {v["values"].as_py(): v["counts"].as_py() for v in counts}
+
+
+def left_days(staged: DataFrame, earlier: DataFrame, allowed_lateness: int) -> dict[str, dict[str, int]]:
+    """Feed day -> the earlier event days whose orders a delivery re-delivers (and may take away:
+    a correction moving an order to another day), with how many: for each order of `staged`
+    (`day` = its feed day F), the event days of its deliveries in `earlier` on feed days
+    F - allowed_lateness .. F - 1. `earlier` is clean regional rows (`day` = feed day), the feed
+    days before a run's window and the window's own. Only the counts reach the driver."""
+    delivered = staged.where(F.col("order_id").isNotNull()).select("order_id", F.col("day").alias("feed_day"))
+    before = earlier.select("order_id", F.col("day").alias("earlier_feed"), spark_event_day().alias("earlier_event"))
+    gap = F.datediff(F.to_date("feed_day"), F.to_date("earlier_feed"))
+    rows = (
+        delivered.join(before, "order_id")
+        .where((gap > 0) & (gap <= allowed_lateness))
+        .groupBy("feed_day", "earlier_event")
+        .count()
+        .collect()
+    )
+    found: dict[str, dict[str, int]] = {}
+    for row in rows:
+        found.setdefault(row["feed_day"], {})[row["earlier_event"]] = row["count"]
+    return found

@@ -206,13 +206,17 @@ def fan_in(
         [lake.frame(session, regional_key(r), REGIONAL_SCHEMA, delivered, versions[r]) for r in REGIONS],
     )
     rehomed = rehomed_frame(regional, allowed_lateness, ready).persist()
-    counts = (
-        rehomed.groupBy("day")
-        .agg(F.count("*").alias("rows"), F.sum((F.col("feed_day") != F.col("day")).cast("long")).alias("late"))
-        .collect()
-    )
-    orders = rehomed.select(REGIONAL_SCHEMA.names)
-    rates = fx_rates_for(context, orders, fx_rates, fx_breaker, fx_retries, notifier)
+    try:
+        counts = (
+            rehomed.groupBy("day")
+            .agg(F.count("*").alias("rows"), F.sum((F.col("feed_day") != F.col("day")).cast("long")).alias("late"))
+            .collect()
+        )
+        orders = rehomed.select(REGIONAL_SCHEMA.names)
+        rates = fx_rates_for(context, orders, fx_rates, fx_breaker, fx_retries, notifier)
+    except BaseException:  # a retry or a failure: the caller never gets the frame to release
+        rehomed.unpersist()
+        raise
     return FanIn(
         ready=ready,
         held=held,

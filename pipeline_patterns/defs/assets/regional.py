@@ -16,10 +16,13 @@ Each region is its own step, so one region failing never stops the others. The s
 run's one Spark session (in-process executor); Spark spreads each region's job over every core.
 """
 
+import dataclasses
 import datetime as dt
+import functools
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
 from pipeline_patterns.defs.lake import Lake
@@ -29,7 +32,8 @@ from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_win
 from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing as landing_files
-from pipeline_patterns.lib.late_data import LATE_SCHEMA
+from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.late_data import LATE_SCHEMA, left_days
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
 from pipeline_patterns.lib.quarantine import (
     QUARANTINE_SCHEMA,
@@ -128,6 +132,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 settings=quality_gates.settings(fx_rates.currencies(), region),
                 allowed_lateness=lateness,
             )
+            region_days = with_left_days(spark.spark_session, lake, clean_key, staged, region_days, window, lateness)
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
             if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
                 for d in region_days:
@@ -207,6 +212,32 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         )
 
     return regional_orders
+
+
+def with_left_days(
+    session: SparkSession,
+    lake: Lake,
+    clean_key: dg.AssetKey,
+    staged: DataFrame,
+    region_days: list[RegionDay],
+    window: DayWindow,
+    lateness: int,
+) -> list[RegionDay]:
+    """Add to each region-day's `late_days` the earlier event days of the orders it re-delivers
+    (a correction may move an order out of a published day: that day must be re-run too). The
+    earlier deliveries: the clean table's feed days before the window, and the window's own."""
+    start = max(window.start - dt.timedelta(days=lateness), daily_partitions.start.date())
+    frames = [clean_frame(staged, region_days, lateness)]  # the window's clean rows, as about to be written
+    if lateness and start < window.start:
+        frames.append(lake.frame(session, clean_key, REGIONAL_SCHEMA, DayWindow(start, window.start)))
+    left = left_days(staged, functools.reduce(DataFrame.unionByName, frames), lateness)
+    merged = []
+    for d in region_days:
+        days = dict(d.late_days)
+        for day, rows in left.get(d.day, {}).items():
+            days[day] = days.get(day, 0) + rows
+        merged.append(dataclasses.replace(d, late_days=dict(sorted(days.items()))))
+    return merged
 
 
 def report_region_day(
