@@ -62,13 +62,23 @@ def lateness_days(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArra
     return pc.days_between(event, feed)
 
 
+def event_day_sql(event_ts: str = "event_ts", feed_day: str = "day") -> str:
+    """`event_day` in Spark SQL (the session's time zone is UTC). SQL text rather than a tree of
+    Columns: each Column built through py4j costs round trips to the JVM."""
+    return f"date_format(least(to_date({event_ts}), to_date({feed_day})), 'yyyy-MM-dd')"
+
+
+def lateness_sql(event_ts: str = "event_ts", feed_day: str = "day") -> str:
+    """`lateness_days` in Spark SQL."""
+    return f"datediff(to_date({feed_day}), least(to_date({event_ts}), to_date({feed_day})))"
+
+
 def spark_event_day(event_ts: str = "event_ts", feed_day: str = "day"):
-    """`event_day` as a Spark column (the session's time zone is UTC)."""
-    return F.date_format(F.least(F.to_date(event_ts), F.to_date(F.col(feed_day))), "yyyy-MM-dd")
+    return F.expr(event_day_sql(event_ts, feed_day))
 
 
 def spark_lateness(event_ts: str = "event_ts", feed_day: str = "day"):
-    return F.datediff(F.to_date(F.col(feed_day)), F.least(F.to_date(event_ts), F.to_date(F.col(feed_day))))
+    return F.expr(lateness_sql(event_ts, feed_day))
 
 
 def too_late_reason(allowed_lateness: int) -> str:
@@ -213,12 +223,12 @@ def left_days(staged: DataFrame, earlier: DataFrame, allowed_lateness: int) -> d
     (`day` = its feed day F), the event days of its deliveries in `earlier` on feed days
     F - allowed_lateness .. F - 1. `earlier` is clean regional rows (`day` = feed day), the feed
     days before a run's window and the window's own. Only the counts reach the driver."""
-    delivered = staged.where(F.col("order_id").isNotNull()).select("order_id", F.col("day").alias("feed_day"))
-    before = earlier.select("order_id", F.col("day").alias("earlier_feed"), spark_event_day().alias("earlier_event"))
-    gap = F.datediff(F.to_date("feed_day"), F.to_date("earlier_feed"))
+    delivered = staged.where("order_id IS NOT NULL").selectExpr("order_id", "day AS feed_day")
+    before = earlier.selectExpr("order_id", "day AS earlier_feed", f"{event_day_sql()} AS earlier_event")
+    gap = "datediff(to_date(feed_day), to_date(earlier_feed))"
     rows = (
         delivered.join(before, "order_id")
-        .where((gap > 0) & (gap <= allowed_lateness))
+        .where(f"{gap} > 0 AND {gap} <= {int(allowed_lateness)}")
         .groupBy("feed_day", "earlier_event")
         .count()
         .collect()

@@ -114,49 +114,55 @@ def regional_orders_frame(
     error in ANY delivery of the order is carried onto the kept row, so a malformed delivery is
     quarantined rather than silently outranked."""
     landed = landed_rows(spark, files, storage_options)
-    typed = landed.select(
-        F.nullif(F.trim("order_id"), F.lit("")).alias("order_id"),
-        F.nullif(F.trim("user_id"), F.lit("")).alias("user_id"),
-        F.trim("region").alias("region"),
-        F.expr("try_cast(trim(amount) AS DOUBLE)").alias("amount"),
-        F.upper(F.trim("currency")).alias("currency"),
-        _timestamp("event_ts").alias("event_ts"),
-        F.trim("batch_id").alias("batch_id"),
-        _timestamp("delivered_at").alias("delivered_at"),
-        F.regexp_extract(F.col("_path"), landing.DAY_IN_PATH, 1).alias("day"),
-        F.concat_ws(
-            ",",
-            F.when(F.col("_corrupt_record").isNotNull(), F.lit("malformed_line")),
-            *[
-                _unparsed(name, kind)
-                for name, kind in [("amount", "double"), ("event_ts", "ts"), ("delivered_at", "ts")]
-            ],
-        ).alias("parse_errors"),
+    # SQL text, not Column objects: each Column built through py4j costs JVM round trips
+    typed = landed.selectExpr(
+        "nullif(trim(order_id), '') AS order_id",
+        "nullif(trim(user_id), '') AS user_id",
+        "trim(region) AS region",
+        f"{_double('amount')} AS amount",
+        "upper(trim(currency)) AS currency",
+        f"{_timestamp('event_ts')} AS event_ts",
+        "trim(batch_id) AS batch_id",
+        f"{_timestamp('delivered_at')} AS delivered_at",
+        f"regexp_extract(_path, {_sql_string(landing.DAY_IN_PATH)}, 1) AS day",
+        "concat_ws(',', CASE WHEN _corrupt_record IS NOT NULL THEN 'malformed_line' END, "
+        + ", ".join(
+            f"CASE WHEN length(trim({name})) > 0 AND {typed(name)} IS NULL THEN '{name}' END"
+            for name, typed in [("amount", _double), ("event_ts", _timestamp), ("delivered_at", _timestamp)]
+        )
+        + ") AS parse_errors",
     )
     # Deduplicate within a day only: the result of a day must not depend on which other days
     # share its run, or a range backfill and day-by-day runs would disagree.
     # Rows without an order_id are never merged with each other: each is kept (and quarantined).
     # One hash aggregate per (day, order): the deliveries of an order (one or two, rarely more)
     # collected and sorted, the newest first, which is cheaper than window functions (two sorts).
-    order_key = F.coalesce("order_id", F.concat(F.lit("\u0000"), F.monotonically_increasing_id()))
-    signature = F.concat_ws("\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in ORDER_COLUMNS])
+    signature = (
+        "concat_ws('\\u0001', "
+        + ", ".join(f"coalesce(cast({c} AS STRING), '\\u0000')" for c in ORDER_COLUMNS)
+        + ") AS _signature"
+    )
     fields = [c for c in typed.columns if c != "day"]
     deliveries = (
-        typed.withColumn("_signature", signature)
-        .groupBy("day", order_key.alias("_key"))
-        .agg(F.collect_list(F.struct(*fields, "_signature")).alias("_d"))
-        .select("day", F.expr(f"array_sort(_d, {_NEWEST_FIRST})").alias("_d"))
+        typed.selectExpr("*", signature, "coalesce(order_id, concat('\\u0000', monotonically_increasing_id())) AS _key")
+        .groupBy("day", "_key")
+        .agg(F.expr(f"collect_list(struct({', '.join([*fields, '_signature'])}))").alias("_d"))
+        .selectExpr("day", f"array_sort(_d, {_NEWEST_FIRST}) AS _d")
     )
-    kept = F.col("_d")[0]
-    copies = F.expr("size(filter(_d, x -> x._signature = _d[0]._signature))")  # the kept row included
     errors = "filter(transform(_d, x -> x.parse_errors), e -> e IS NOT NULL AND e != '')"
-    return deliveries.select(
-        *[kept[c].alias(c) for c in fields if c != "parse_errors"],
+    copies = "size(filter(_d, x -> x._signature = _d[0]._signature))"  # the kept row included
+    return deliveries.selectExpr(
+        *[f"_d[0].{c} AS {c}" for c in fields if c != "parse_errors"],
         "day",
-        F.expr(f"array_join(array_sort(array_distinct({errors})), ',')").alias("parse_errors"),
-        (copies - 1).cast("long").alias("duplicates"),
-        (F.size("_d") - copies).cast("long").alias("superseded"),
+        f"array_join(array_sort(array_distinct({errors})), ',') AS parse_errors",
+        f"CAST({copies} - 1 AS BIGINT) AS duplicates",
+        f"CAST(size(_d) - {copies} AS BIGINT) AS superseded",
     )
+
+
+def _sql_string(text: str) -> str:
+    """`text` as a Spark SQL string literal (backslashes and quotes escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _nulls_last(field: str, descending: bool = False) -> str:
@@ -184,16 +190,14 @@ _NEWEST_FIRST = (
 ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
 
 
-def _timestamp(name: str):
-    raw = F.trim(F.col(name))
-    return F.when(raw.rlike(ISO_INSTANT), F.try_to_timestamp(raw))
+def _double(name: str) -> str:
+    """SQL: the column as a double, null where it does not parse."""
+    return f"try_cast(trim({name}) AS DOUBLE)"
 
 
-def _unparsed(name: str, kind: str):
-    """The field's name where a non-empty value did not parse, else null."""
-    raw = F.trim(F.col(name))
-    typed = F.expr(f"try_cast(trim({name}) AS DOUBLE)") if kind == "double" else _timestamp(name)
-    return F.when((F.length(raw) > 0) & typed.isNull(), F.lit(name))
+def _timestamp(name: str) -> str:
+    """SQL: the column as a timestamp, null unless it is a whole ISO 8601 instant."""
+    return f"CASE WHEN trim({name}) RLIKE {_sql_string(ISO_INSTANT)} THEN try_to_timestamp(trim({name})) END"
 
 
 STAGED_SCHEMA = pa.schema(

@@ -24,6 +24,7 @@ from pipeline_patterns.lib.landing import LandedDay
 from pipeline_patterns.lib.late_data import (
     LATE_SCHEMA,
     late_day_counts,
+    lateness_sql,
     spark_event_day,
     spark_lateness,
     too_late_reason,
@@ -199,23 +200,31 @@ def _branch_days(spark: SparkSession, region_days: list[RegionDay], branch: str)
     )
 
 
+def _processed(region_days: list[RegionDay]) -> str:
+    """SQL: the rows of the processed days (ISO dates: safe as literals)."""
+    days = [d.day for d in region_days if d.branch == "processed"]
+    return f"day IN ({', '.join(repr(d) for d in days)})" if days else "false"
+
+
 def clean_frame(staged: DataFrame, region_days: list[RegionDay], allowed_lateness: int) -> DataFrame:
     """The rows of the processed days within the allowed lateness, as the clean table holds them."""
-    processed = F.broadcast(_branch_days(staged.sparkSession, region_days, "processed").select("day"))
-    accepted = F.coalesce(spark_lateness() <= allowed_lateness, F.lit(True))
-    return staged.join(processed, "day").where(accepted).select(REGIONAL_SCHEMA.names)
+    accepted = f"coalesce({lateness_sql()} <= {int(allowed_lateness)}, true)"
+    return staged.where(f"{_processed(region_days)} AND {accepted}").selectExpr(*REGIONAL_SCHEMA.names)
 
 
 def late_frame(staged: DataFrame, region_days: list[RegionDay], allowed_lateness: int) -> DataFrame:
     """The rows of the processed days delivered too late for their event day, with why."""
-    processed = F.broadcast(_branch_days(staged.sparkSession, region_days, "processed").select("day"))
     return (
-        staged.join(processed, "day")
-        .withColumn("lateness_days", spark_lateness().cast("long"))
-        .where(F.col("lateness_days") > allowed_lateness)
-        .withColumn("event_day", spark_event_day())
-        .withColumn("reason", F.lit(too_late_reason(allowed_lateness)))
-        .select(LATE_SCHEMA.names)
+        staged.where(_processed(region_days))
+        .withColumns(
+            {
+                "lateness_days": spark_lateness().cast("long"),
+                "event_day": spark_event_day(),
+                "reason": F.lit(too_late_reason(allowed_lateness)),
+            }
+        )
+        .where(f"lateness_days > {int(allowed_lateness)}")
+        .selectExpr(*LATE_SCHEMA.names)
     )
 
 
