@@ -1,9 +1,14 @@
 """Shared fixtures: one Spark session for the whole suite (helpers live in helpers.py)."""
 
+import os
+
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline_patterns_tests.helpers import TEST_SPARK_CONFIG
+from pipeline_patterns_tests.helpers import TEST_JVM_ENV, TEST_SPARK_CONFIG
+
+for _name, _value in TEST_JVM_ENV.items():  # before any JVM starts: the session's and every subprocess's
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.definitions import defs
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.resources import build_resources, spark_config
 from pipeline_patterns.defs.sources import OrdersSource
@@ -26,8 +27,24 @@ TEST_ORDERS_PER_DAY = 400
 TEST_MIN_ORDERS = TEST_ORDERS_PER_DAY // 5  # as the code location sizes it for PIPELINE_PATTERNS_FEED_VOLUME
 FAST_RETRIES = RetrySettings(base_delay=0.01, backoff_factor=2.0, max_delay=0.05, jitter=0.2, max_retries=6)
 FAST_BREAKER_RECOVERY = 0.2
-# A few hundred rows a region-day: two shuffle partitions (one per core), not eight.
-TEST_SPARK_CONFIG = {**spark_config(), "spark.master": "local[2]", "spark.sql.shuffle.partitions": "2"}
+# A few hundred rows a region-day: the JIT's optimising compiler, a parallel garbage collector
+# and Spark's adaptive plans and whole-stage code generation cost more CPU than they save, and the
+# suite is CPU-bound on two cores (three one-day runs: 128 CPU s with the defaults, 63 without).
+# Results do not depend on them: test_engines compares a Connect server on Spark's defaults with
+# runs on these. Every JVM the suite starts (its session, the CLI's, servers) inherits them
+# (conftest.py); SQL settings reach a subprocess's session through PYSPARK_SUBMIT_ARGS.
+TEST_SQL_SETTINGS = {"spark.sql.adaptive.enabled": "false", "spark.sql.codegen.wholeStage": "false"}
+TEST_JVM_ENV = {
+    "JDK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:CICompilerCount=1",
+    "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf {k}={v}" for k, v in TEST_SQL_SETTINGS.items()) + " pyspark-shell",
+}
+# two shuffle partitions (one per core), not eight
+TEST_SPARK_CONFIG = {
+    **spark_config(),
+    "spark.master": "local[2]",
+    "spark.sql.shuffle.partitions": "2",
+    **TEST_SQL_SETTINGS,
+}
 # Subprocesses (`dagster asset materialize`, `dagster dev`) run at the same test volume.
 TEST_ENV = {"PIPELINE_PATTERNS_FEED_VOLUME": str(TEST_ORDERS_PER_DAY)}
 
@@ -96,6 +113,33 @@ def materialize(
         instance=instance,
         raise_on_error=raise_on_error,
     )
+
+
+def run_late_data_requests(data_dir: pathlib.Path, instance: dg.DagsterInstance, requests: list[dg.RunRequest]) -> None:
+    """Run in process what the late-data sensor requested, as the daemon would launch it: the
+    fan-in of each stale block, with the request's range and reason tags."""
+    for request in requests:
+        materialize(
+            data_dir,
+            instance,
+            partition=request.partition_key,
+            selection=["global_orders", "daily_revenue"],
+            tags=dict(request.tags),
+        )
+
+
+def catch_up_late_data(data_dir: pathlib.Path, instance: dg.DagsterInstance, ticks: int = 3) -> list[str]:
+    """Tick the late-data sensor and run its requests until nothing is stale (at most `ticks`
+    ticks); returns the blocks of days it re-homed. Fails if days are still stale or waiting."""
+    blocks: list[str] = []
+    for _ in range(ticks):
+        requests, _ = rehome_requests(instance)
+        if not requests:
+            break
+        run_late_data_requests(data_dir, instance, requests)
+        blocks += [r.tags["pipeline_patterns/rehomes_days"] for r in requests]
+    assert rehome_requests(instance) == ([], []), "still stale after the late-data runs"
+    return blocks
 
 
 def free_port() -> int:

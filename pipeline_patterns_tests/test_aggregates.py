@@ -8,11 +8,10 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.automation import aggregates_follow_days, monthly_revenue_job
-from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, region_day_defects
-from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_defs
+from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, catch_up_late_data, materialize, pipeline_defs
 
 pytestmark = pytest.mark.spark
 MONTHLY = dg.AssetKey("monthly_revenue")
@@ -109,25 +108,10 @@ def test_a_month_launched_by_hand_with_a_missing_day_fails_naming_it(spark, tmp_
     assert not (tmp_path / "lake" / "monthly_revenue").exists()
 
 
-def rehome(data_dir, instance) -> list[str]:
-    """Run what the late-data sensor requests (as the daemon would); the blocks it re-homed."""
-    requests, _ = rehome_requests(instance)
-    for request in requests:
-        materialize(
-            data_dir,
-            instance,
-            partition=request.partition_key,
-            selection=["global_orders", "daily_revenue"],
-            tags=dict(request.tags),
-        )
-    assert rehome_requests(instance) == ([], [])
-    return [r.tags["pipeline_patterns/rehomes_days"] for r in requests]
-
-
 def test_a_rewritten_day_refreshes_its_month_and_the_summary_and_nothing_else(january):
     data_dir, instance, defs, _, _, _ = january
     # first up to date: the fixture's corrected days re-home their late orders, and the month follows
-    rehome(data_dir, instance)
+    catch_up_late_data(data_dir, instance, ticks=1)
     run_requested(data_dir, instance, tick(defs, instance))
     assert tick(defs, instance) == set()
     before = lake(data_dir, "monthly_revenue")
@@ -142,7 +126,7 @@ def test_a_rewritten_day_refreshes_its_month_and_the_summary_and_nothing_else(ja
     )
     # it carries other late orders of 12..14 January: the late-data sensor re-homes exactly the
     # days it touches before the month is recomputed
-    blocks = rehome(data_dir, instance)
+    blocks = catch_up_late_data(data_dir, instance, ticks=1)
     assert blocks and all("2024-01-12" <= b[:10] and b[-10:] <= "2024-01-14" for b in blocks), blocks
     second = tick(defs, instance)
     assert second == {("monthly_revenue_job", "2024-01-01"), ("revenue_summary_job", None)}

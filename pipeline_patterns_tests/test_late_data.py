@@ -21,7 +21,13 @@ from pipeline_patterns.lib.late_data import event_day, late_day_counts, newest_d
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_deliveries, region_day_files
 from pipeline_patterns.replay import verify_range
-from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_resources
+from pipeline_patterns_tests.helpers import (
+    TEST_ORDERS_PER_DAY,
+    catch_up_late_data,
+    materialize,
+    pipeline_resources,
+    run_late_data_requests,
+)
 
 UTC = dt.UTC
 FAN_IN = ["global_orders", "daily_revenue"]
@@ -130,11 +136,6 @@ def materialization_count(instance, key: str, day: str) -> int:
     )
 
 
-def run_requests(data_dir, instance, requests):
-    for request in requests:
-        materialize(data_dir, instance, partition=request.partition_key, selection=FAN_IN, tags=dict(request.tags))
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, spark):
     """2024-01-06 .. 01-09 published as one range, then the feed day 01-10 delivered alone."""
@@ -164,7 +165,7 @@ def test_the_requested_run_rehomes_the_late_orders_and_touches_nothing_else(publ
     requests, waiting = rehome_requests(instance)
     assert not waiting
     untouched = materialization_count(instance, "global_orders", "2024-01-06")
-    run_requests(data_dir, instance, requests)
+    run_late_data_requests(data_dir, instance, requests)
     assert rehome_requests(instance) == ([], []), "nothing is stale after the run"
     orders = read_table(str(data_dir / "lake" / "global_orders"))
     for event in ("2024-01-07", "2024-01-08", "2024-01-09"):
@@ -199,16 +200,11 @@ def test_the_requested_run_rehomes_the_late_orders_and_touches_nothing_else(publ
 
 def test_day_by_day_runs_in_any_order_and_the_sensor_give_the_range_runs_tables(published, tmp_path):
     data_dir, published_instance, _ = published
-    run_requests(data_dir, published_instance, rehome_requests(published_instance)[0])  # if run alone
+    run_late_data_requests(data_dir, published_instance, rehome_requests(published_instance)[0])  # if run alone
     instance = dg.DagsterInstance.ephemeral()
     for day in ("2024-01-09", "2024-01-07", "2024-01-10", "2024-01-06", "2024-01-08"):
         materialize(tmp_path, instance, partition=day)
-    for _ in range(3):  # as the daemon ticks, until nothing is stale
-        requests, _ = rehome_requests(instance)
-        if not requests:
-            break
-        run_requests(tmp_path, instance, requests)
-    assert rehome_requests(instance) == ([], [])
+    catch_up_late_data(tmp_path, instance)  # as the daemon ticks, until nothing is stale
     for table in FAN_IN:
         ours, theirs = (read_table(str(d / "lake" / table)) for d in (tmp_path, data_dir))
         assert ours.num_rows == theirs.num_rows and content_hash(ours) == content_hash(theirs), table
@@ -268,7 +264,7 @@ def test_a_correction_moving_an_order_to_a_later_day_takes_it_out_of_the_publish
     [why] = [w for w in stale["2024-01-06"] if w.startswith("us-east 2024-01-07")]
     now, were = map(int, re.match(r"us-east 2024-01-07: (\d+) orders of the day \(were (\d+)\)", why).groups())
     assert now == were + 1, why
-    run_requests(tmp_path, instance, rehome_requests(instance)[0])
+    run_late_data_requests(tmp_path, instance, rehome_requests(instance)[0])
     orders = read_table(str(tmp_path / "lake" / "global_orders"))
     rows = orders.filter(pc.equal(orders["order_id"], "us-east-20240106-000010")).to_pylist()
     assert [(r["day"], r["amount"]) for r in rows] == [("2024-01-07", 99.99)]  # counted once, corrected

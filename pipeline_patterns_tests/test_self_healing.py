@@ -7,7 +7,6 @@ import sqlite3
 import dagster as dg
 import pytest
 
-from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.self_healing import HEALS_DAY_TAG, HealingPolicy, heal_failed_days, healing_decisions
@@ -16,7 +15,13 @@ from pipeline_patterns.lib import healing
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 from pipeline_patterns.lib.simulated_feed import add_corrections
-from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_defs, pipeline_resources
+from pipeline_patterns_tests.helpers import (
+    TEST_ORDERS_PER_DAY,
+    catch_up_late_data,
+    materialize,
+    pipeline_defs,
+    pipeline_resources,
+)
 
 pytestmark = pytest.mark.spark
 DAILY_REVENUE = dg.AssetKey("daily_revenue")
@@ -218,17 +223,7 @@ def test_every_healed_day_ends_materialized_with_what_a_clean_run_writes(story, 
     assert statuses[BROKEN] == dg.AssetPartitionStatus.FAILED
     # healed one day at a time, the days get the later feed days' late orders as the daemon's
     # late-data sensor brings them (defs/late_data.py); then they hold what one range run writes
-    for _ in range(3):
-        requests, _ = rehome_requests(instance)
-        for request in requests:
-            materialize(
-                data_dir,
-                instance,
-                partition=request.partition_key,
-                selection=["global_orders", "daily_revenue"],
-                tags=dict(request.tags),
-            )
-    assert rehome_requests(instance) == ([], [])
+    catch_up_late_data(data_dir, instance)
     clean_dir = tmp_path / "clean"
     add_corrections(str(clean_dir / "source_corrections.json"), [f"us-east {HELD}", f"eu-west {HELD}"])
     assert materialize(clean_dir, dg.DagsterInstance.ephemeral(), first=HEALED[0], last=HEALED[-1]).success

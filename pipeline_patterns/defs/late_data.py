@@ -132,6 +132,21 @@ def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     return dict(sorted(stale.items()))
 
 
+def _regional_days_in_progress(instance: dg.DagsterInstance) -> list[str]:
+    """The regional days a run is writing now ('us-east 2024-01-05'), as their partition bars
+    show them. Re-homing while a run is between its regions' commits would read some of its
+    deliveries and not others, and run again for the rest."""
+    keys = daily_partitions.get_partition_keys()
+    writing = []
+    for region in REGIONS:
+        key = dg.AssetKey(["regional_orders", region_key(region)])
+        statuses = instance.get_status_by_partition(key, keys, daily_partitions) or {}
+        writing += [
+            f"{region} {day}" for day, status in statuses.items() if status == dg.AssetPartitionStatus.IN_PROGRESS
+        ]
+    return writing
+
+
 def rehome_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], list[str]]:
     """One run per contiguous block of stale, published days; and the stale days left for later
     (being written, or not published: their next run reads the delivery anyway)."""
@@ -145,6 +160,10 @@ def rehome_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], 
         if statuses.get(day) != dg.AssetPartitionStatus.MATERIALIZED
     ]
     ready = [day for day in stale if statuses.get(day) == dg.AssetPartitionStatus.MATERIALIZED]
+    writing = _regional_days_in_progress(instance)
+    if ready and writing:  # a run is still delivering: the next tick sees all of its commits at once
+        waiting += [f"{day}: regional days still being written ({', '.join(writing[:4])})" for day in ready]
+        ready = []
     keys = daily_partitions.get_partition_keys()
     position = {key: i for i, key in enumerate(keys)}
     blocks: list[list[str]] = []
