@@ -36,6 +36,7 @@ LONGEST_FIRST = [
     "test_range_backfill.py",
     "test_self_healing.py",
     "test_object_storage.py",
+    "test_postgres.py",
     "test_hostile_input.py",
     "test_quality_gates.py",
 ]

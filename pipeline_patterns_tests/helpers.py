@@ -30,8 +30,8 @@ FAST_BREAKER_RECOVERY = 0.2
 # A few hundred rows a region-day: the JIT's optimising compiler, a parallel garbage collector
 # and Spark's adaptive plans and whole-stage code generation cost more CPU than they save, and the
 # suite is CPU-bound on two cores (three one-day runs: 128 CPU s with the defaults, 63 without).
-# Results do not depend on them: test_engines compares a Connect server on Spark's defaults with
-# runs on these. Every JVM the suite starts (its session, the CLI's, servers) inherits them
+# Results do not depend on them: test_engines compares a Connect server on Spark's default SQL
+# settings with runs on these. Every JVM the suite starts (its session, the CLI's, servers) inherits them
 # (conftest.py); SQL settings reach a subprocess's session through PYSPARK_SUBMIT_ARGS.
 TEST_SQL_SETTINGS = {"spark.sql.adaptive.enabled": "false", "spark.sql.codegen.wholeStage": "false"}
 TEST_JVM_ENV = {

@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from pipeline_patterns.defs.late_data import LateData, late_data_rehomes_days, rehome_requests, stale_days
-from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.late_data import event_day, late_day_counts, newest_deliveries, rehomed_frame
@@ -25,6 +25,7 @@ from pipeline_patterns_tests.helpers import (
     TEST_ORDERS_PER_DAY,
     catch_up_late_data,
     materialize,
+    pipeline_defs,
     pipeline_resources,
     run_late_data_requests,
 )
@@ -158,6 +159,26 @@ def test_a_later_delivery_makes_exactly_its_published_event_days_stale(published
     request = result.run_requests[0]
     assert request.tags["dagster/asset_partition_range_start"] == "2024-01-07"
     assert request.job_name == "rehome_late_orders"
+
+
+def test_while_a_run_still_writes_the_feed_day_in_another_region_the_stale_days_wait(published):
+    data_dir, instance, _ = published
+    before, _ = rehome_requests(instance)
+    # a run of feed day 01-10 not finished yet: its regional days are planned, not yet reported
+    job = pipeline_defs(data_dir).resolve_job_def("daily_orders")
+    run = instance.create_run_for_job(job, tags={"dagster/partition": "2024-01-10"})
+    try:
+        status = instance.get_status_by_partition(
+            dg.AssetKey(["regional_orders", "us_east"]), ["2024-01-10"], daily_partitions
+        )
+        assert status == {"2024-01-10": dg.AssetPartitionStatus.IN_PROGRESS}
+        requests, waiting = rehome_requests(instance)
+        assert requests == []
+        assert [w.split(":")[0] for w in waiting] == ["2024-01-07", "2024-01-08", "2024-01-09"]
+        assert all("still being written (us-east 2024-01-10, us-west 2024-01-10" in w for w in waiting), waiting
+    finally:
+        instance.report_run_failed(run, "died before it wrote anything")
+    assert rehome_requests(instance) == (before, [])  # the next tick requests what it would have
 
 
 def test_the_requested_run_rehomes_the_late_orders_and_touches_nothing_else(published):

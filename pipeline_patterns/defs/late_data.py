@@ -132,15 +132,15 @@ def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     return dict(sorted(stale.items()))
 
 
-def _regional_days_in_progress(instance: dg.DagsterInstance) -> list[str]:
-    """The regional days a run is writing now ('us-east 2024-01-05'), as their partition bars
-    show them. Re-homing while a run is between its regions' commits would read some of its
-    deliveries and not others, and run again for the rest."""
-    keys = daily_partitions.get_partition_keys()
+def _regional_days_in_progress(instance: dg.DagsterInstance, feed_days: list[str]) -> list[str]:
+    """Of `feed_days`, the regional days a run is writing now ('us-east 2024-01-05'), as their
+    partition bars show them (a run's planned, not yet reported materializations). Re-homing while
+    a run is between its regions' commits of a feed day would read some of its deliveries and not
+    the others, and run again for the rest."""
     writing = []
     for region in REGIONS:
         key = dg.AssetKey(["regional_orders", region_key(region)])
-        statuses = instance.get_status_by_partition(key, keys, daily_partitions) or {}
+        statuses = instance.get_status_by_partition(key, feed_days, daily_partitions) or {}
         writing += [
             f"{region} {day}" for day, status in statuses.items() if status == dg.AssetPartitionStatus.IN_PROGRESS
         ]
@@ -160,9 +160,12 @@ def rehome_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], 
         if statuses.get(day) != dg.AssetPartitionStatus.MATERIALIZED
     ]
     ready = [day for day in stale if statuses.get(day) == dg.AssetPartitionStatus.MATERIALIZED]
-    writing = _regional_days_in_progress(instance)
-    if ready and writing:  # a run is still delivering: the next tick sees all of its commits at once
-        waiting += [f"{day}: regional days still being written ({', '.join(writing[:4])})" for day in ready]
+    # the feed days whose commits made the ready days stale ("us-east 2024-01-05: ..."): while a
+    # run still writes one of them in another region, wait; the next tick sees all its commits
+    feed_days = sorted({why.split(":", 1)[0].split(" ")[-1] for day in ready for why in stale[day]})
+    writing = _regional_days_in_progress(instance, feed_days) if ready else []
+    if writing:
+        waiting += [f"{day}: its feed days are still being written ({', '.join(writing[:4])})" for day in ready]
         ready = []
     keys = daily_partitions.get_partition_keys()
     position = {key: i for i, key in enumerate(keys)}

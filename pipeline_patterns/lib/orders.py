@@ -127,8 +127,8 @@ def regional_orders_frame(
         f"regexp_extract(_path, {_sql_string(landing.DAY_IN_PATH)}, 1) AS day",
         "concat_ws(',', CASE WHEN _corrupt_record IS NOT NULL THEN 'malformed_line' END, "
         + ", ".join(
-            f"CASE WHEN length(trim({name})) > 0 AND {typed(name)} IS NULL THEN '{name}' END"
-            for name, typed in [("amount", _double), ("event_ts", _timestamp), ("delivered_at", _timestamp)]
+            f"CASE WHEN length(trim({name})) > 0 AND {parse(name)} IS NULL THEN '{name}' END"
+            for name, parse in [("amount", _double), ("event_ts", _timestamp), ("delivered_at", _timestamp)]
         )
         + ") AS parse_errors",
     )
@@ -161,7 +161,9 @@ def regional_orders_frame(
 
 
 def _sql_string(text: str) -> str:
-    """`text` as a Spark SQL string literal (backslashes and quotes escaped)."""
+    """`text` as a Spark SQL string literal (backslashes and quotes escaped, as Spark's parser
+    reads them by default: `spark.sql.parser.escapedStringLiterals` false; the session never
+    sets it)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

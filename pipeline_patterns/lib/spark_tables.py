@@ -103,16 +103,13 @@ def stage_window(
 
 
 def cast_to(frame: DataFrame, schema: pa.Schema) -> DataFrame:
-    """`frame`'s columns of `schema`, in its order, cast where their type differs. One SQL select:
-    each Column built through py4j costs round trips to the JVM, and a run builds thousands."""
+    """`frame`'s columns of `schema`, in its order, cast where their type differs. Built as SQL
+    text where nothing changes: each Column built through py4j costs round trips to the JVM, and
+    a run builds thousands."""
     current = {f.name: f.dataType for f in frame.schema.fields}
-    columns = [
-        f"`{f.name}`"
-        if current.get(f.name) == f.dataType
-        else f"CAST(`{f.name}` AS {f.dataType.simpleString()}) AS `{f.name}`"
-        for f in from_arrow_schema(schema).fields
-    ]
-    return frame.selectExpr(*columns)
+    wanted = from_arrow_schema(schema).fields
+    differing = {f.name: F.col(f.name).cast(f.dataType) for f in wanted if current.get(f.name) != f.dataType}
+    return (frame.withColumns(differing) if differing else frame).selectExpr(*[f"`{f.name}`" for f in wanted])
 
 
 def _write_parquet(
