@@ -7,6 +7,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 
@@ -33,7 +34,12 @@ FAST_BREAKER_RECOVERY = 0.2
 # Results do not depend on them: test_engines compares a Connect server on Spark's default SQL
 # settings with runs on these. Every JVM the suite starts (its session, the CLI's, servers) inherits them
 # (conftest.py); SQL settings reach a subprocess's session through PYSPARK_SUBMIT_ARGS.
-TEST_SQL_SETTINGS = {"spark.sql.adaptive.enabled": "false", "spark.sql.codegen.wholeStage": "false"}
+TEST_SQL_SETTINGS = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    # expressions interpreted, not compiled to Java by Janino first (Spark's own test suites use it)
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
 TEST_JVM_ENV = {
     "JDK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:CICompilerCount=1",
     "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf {k}={v}" for k, v in TEST_SQL_SETTINGS.items()) + " pyspark-shell",
@@ -140,6 +146,14 @@ def catch_up_late_data(data_dir: pathlib.Path, instance: dg.DagsterInstance, tic
         blocks += [r.tags["pipeline_patterns/rehomes_days"] for r in requests]
     assert rehome_requests(instance) == ([], []), "still stale after the late-data runs"
     return blocks
+
+
+def interruptible(command: list[str]) -> list[str]:
+    """`command`, started with SIGINT's default action restored. pytest-xdist's workers ignore
+    SIGINT and a child inherits that; Dagster then ignores SIGTERM too (it gives SIGTERM the
+    SIGINT handler), so `dagster dev` would stop only when KILLed, after waiting 60 s."""
+    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", restore, *command]
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import requests
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, expected_day_orders, region_day_defects
-from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_PER_DAY, free_port
+from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_PER_DAY, free_port, interruptible
 
 pytestmark = pytest.mark.subprocess
 
@@ -127,7 +127,7 @@ def dagster_dev(tmp_path):
     log_path = tmp_path / "dagster_dev.log"
     log = log_path.open("w")
     server = subprocess.Popen(
-        [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        interruptible([str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]),
         cwd=home,
         env=env,
         stdout=log,
