@@ -152,7 +152,9 @@ def interruptible(command: list[str]) -> list[str]:
     """`command`, started with SIGINT's default action restored. pytest-xdist's workers ignore
     SIGINT and a child inherits that; Dagster then ignores SIGTERM too (it gives SIGTERM the
     SIGINT handler), so `dagster dev` would stop only when KILLed, after waiting 60 s."""
-    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    restore = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
     return [sys.executable, "-c", restore, *command]
 
 

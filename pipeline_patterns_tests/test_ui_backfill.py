@@ -127,7 +127,9 @@ def dagster_dev(tmp_path):
     log_path = tmp_path / "dagster_dev.log"
     log = log_path.open("w")
     server = subprocess.Popen(
-        interruptible([str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]),
+        interruptible(
+            [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+        ),
         cwd=home,
         env=env,
         stdout=log,
