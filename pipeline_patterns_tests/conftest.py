@@ -1,14 +1,52 @@
 """Shared fixtures: one Spark session for the whole suite (helpers live in helpers.py)."""
 
+import hashlib
 import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
 
+import pyspark
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline_patterns_tests.helpers import TEST_JVM_ENV, TEST_SPARK_CONFIG
+from pipeline_patterns_tests.helpers import (
+    CLASS_ARCHIVE_TRAINING,
+    TEST_JVM_ENV,
+    TEST_SPARK_CONFIG,
+    class_archive_options,
+    record_class_archive,
+    stop_recording,
+)
 
+_OWN_JVM_OPTIONS = "JDK_JAVA_OPTIONS" in os.environ  # a user's own JVM options are left alone
 for _name, _value in TEST_JVM_ENV.items():  # before any JVM starts: the session's and every subprocess's
     os.environ.setdefault(_name, _value)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The JVM options of the suite with its class-data archive (helpers.py), recorded in the
+    background if this Spark version and these options have none yet. xdist's workers inherit
+    the variable."""
+    if _OWN_JVM_OPTIONS or "PYTEST_XDIST_WORKER" in os.environ:
+        return
+    java = shutil.which("java", path=f"{os.environ.get('JAVA_HOME', '')}/bin:{os.environ.get('PATH', '')}")
+    recorded_by = f"{java and os.path.realpath(java)} {pyspark.__version__} {TEST_JVM_ENV} {CLASS_ARCHIVE_TRAINING}"
+    key = hashlib.sha256(recorded_by.encode()).hexdigest()[:12]
+    archive = pathlib.Path(tempfile.gettempdir()) / "pipeline_patterns_tests" / f"spark-classes-{key}.jsa"
+    os.environ["JDK_JAVA_OPTIONS"] = class_archive_options(archive)
+    if not archive.exists():
+        config.stash[_RECORDING] = record_class_archive(archive)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    recording = config.stash.get(_RECORDING, None)
+    if recording:
+        stop_recording(recording)
+
+
+_RECORDING = pytest.StashKey[subprocess.Popen]()
 
 
 @pytest.fixture(scope="session")
