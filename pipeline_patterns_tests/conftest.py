@@ -32,7 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if _OWN_JVM_OPTIONS or "PYTEST_XDIST_WORKER" in os.environ:
         return
     java = shutil.which("java", path=f"{os.environ.get('JAVA_HOME', '')}/bin:{os.environ.get('PATH', '')}")
-    recorded_by = f"{java and os.path.realpath(java)} {pyspark.__version__} {TEST_JVM_ENV} {CLASS_ARCHIVE_TRAINING}"
+    # an archive maps only into a JVM of the same java and the same classpath: pyspark's jars, where
+    # this environment installed them (another clone's venv has its own)
+    jars = os.path.realpath(os.path.join(os.path.dirname(pyspark.__file__), "jars"))
+    recorded_by = (
+        f"{java and os.path.realpath(java)} {jars} {pyspark.__version__} {TEST_JVM_ENV} {CLASS_ARCHIVE_TRAINING}"
+    )
     key = hashlib.sha256(recorded_by.encode()).hexdigest()[:12]
     archive = pathlib.Path(tempfile.gettempdir()) / "pipeline_patterns_tests" / f"spark-classes-{key}.jsa"
     os.environ["JDK_JAVA_OPTIONS"] = class_archive_options(archive)
