@@ -27,7 +27,7 @@ for _name, _value in TEST_JVM_ENV.items():  # before any JVM starts: the session
 
 def pytest_configure(config: pytest.Config) -> None:
     """The JVM options of the suite with its class-data archive (helpers.py), recorded in the
-    background if this Spark version and these options have none yet. xdist's workers inherit
+    background if this java, this Spark installation and these options have none yet. xdist's workers inherit
     the variable."""
     if _OWN_JVM_OPTIONS or "PYTEST_XDIST_WORKER" in os.environ:
         return
