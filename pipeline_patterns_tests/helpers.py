@@ -55,7 +55,7 @@ TEST_SPARK_CONFIG = {
 }
 # Every JVM of the suite loads Spark's classes from one class-data archive (JDK 17's AppCDS),
 # recorded from a small Spark workload by a process the suite starts first (conftest.py): a
-# session then starts in ~2.5 s instead of ~6 s, and its first run is a few seconds shorter. A JVM started
+# session then starts in 2.3-4.3 s instead of 5.4-9.1 s, and its first run is a few seconds shorter. A JVM started
 # before the archive is there, or that cannot use it (another JDK, another classpath), loads its
 # classes as usual.
 CLASS_ARCHIVE_TRAINING = """
