@@ -1,20 +1,15 @@
 """Shared fixtures: one Spark session for the whole suite (helpers live in helpers.py)."""
 
-import hashlib
 import os
-import pathlib
-import shutil
 import subprocess
-import tempfile
 
-import pyspark
 import pytest
 from pyspark.sql import SparkSession
 
 from pipeline_patterns_tests.helpers import (
-    CLASS_ARCHIVE_TRAINING,
     TEST_JVM_ENV,
     TEST_SPARK_CONFIG,
+    class_archive,
     class_archive_options,
     record_class_archive,
     stop_recording,
@@ -27,19 +22,10 @@ for _name, _value in TEST_JVM_ENV.items():  # before any JVM starts: the session
 
 def pytest_configure(config: pytest.Config) -> None:
     """The JVM options of the suite with its class-data archive (helpers.py), recorded in the
-    background if this java, this Spark installation and these options have none yet. xdist's workers inherit
-    the variable."""
+    background if there is none yet. xdist's workers inherit the variable."""
     if _OWN_JVM_OPTIONS or "PYTEST_XDIST_WORKER" in os.environ:
         return
-    java = shutil.which("java", path=f"{os.environ.get('JAVA_HOME', '')}/bin:{os.environ.get('PATH', '')}")
-    # an archive maps only into a JVM of the same java and the same classpath: pyspark's jars, where
-    # this environment installed them (another clone's venv has its own)
-    jars = os.path.realpath(os.path.join(os.path.dirname(pyspark.__file__), "jars"))
-    recorded_by = (
-        f"{java and os.path.realpath(java)} {jars} {pyspark.__version__} {TEST_JVM_ENV} {CLASS_ARCHIVE_TRAINING}"
-    )
-    key = hashlib.sha256(recorded_by.encode()).hexdigest()[:12]
-    archive = pathlib.Path(tempfile.gettempdir()) / "pipeline_patterns_tests" / f"spark-classes-{key}.jsa"
+    archive = class_archive()
     os.environ["JDK_JAVA_OPTIONS"] = class_archive_options(archive)
     if not archive.exists():
         config.stash[_RECORDING] = record_class_archive(archive)

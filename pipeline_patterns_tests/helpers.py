@@ -2,6 +2,7 @@
 and fast retry and breaker timings (production timings would make the suite sleep)."""
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 import dagster as dg
+import pyspark
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.definitions import defs
@@ -83,6 +85,19 @@ jvm.wait()
 shutil.rmtree(data)
 os.replace(recording, archive)  # whole or not at all, whoever else records it at the same time
 """
+
+
+def class_archive() -> pathlib.Path:
+    """Where the suite keeps the class-data archive of this java, this Spark installation and
+    these options. An archive maps only into a JVM of the same java and the same classpath:
+    pyspark's jars, where this environment installed them (another clone's venv has its own)."""
+    java = shutil.which("java", path=f"{os.environ.get('JAVA_HOME', '')}/bin:{os.environ.get('PATH', '')}")
+    jars = os.path.realpath(os.path.join(os.path.dirname(pyspark.__file__), "jars"))
+    recorded_by = (
+        f"{java and os.path.realpath(java)} {jars} {pyspark.__version__} {TEST_JVM_ENV} {CLASS_ARCHIVE_TRAINING}"
+    )
+    key = hashlib.sha256(recorded_by.encode()).hexdigest()[:12]
+    return pathlib.Path(tempfile.gettempdir()) / "pipeline_patterns_tests" / f"spark-classes-{key}.jsa"
 
 
 def class_archive_options(archive: pathlib.Path) -> str:
