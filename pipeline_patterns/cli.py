@@ -1,22 +1,6 @@
-"""The `pipeline-patterns` command: what the simulated source will deliver, and (in later
-patterns) tools to inspect and prove the pipeline's guarantees.
+"""The `pipeline-patterns` command: the simulated source, breakers, idempotency proof, lake vacuum, blue-green.
 
-    pipeline-patterns source defects --start 2024-01-01 --end 2024-03-31   (JSON lines)
-    pipeline-patterns source correct eu-west 2024-01-05 [REGION DAY ...]
-                                                 the source fixed these region-days
-    pipeline-patterns breaker status [NAME]      the circuit breakers' shared state
-    pipeline-patterns breaker reset NAME         close a breaker by hand
-    pipeline-patterns verify-idempotency --start 2024-01-01 --end 2024-01-31
-                                                 replay a range from the landing zone, compare
-                                                 with the live tables
-    pipeline-patterns lake vacuum [--retention-hours 168] [--apply]
-                                                 the lake's unreferenced files: old versions'
-                                                 and those of writers killed before their commit
-    pipeline-patterns publish status             the published tables' live versions, what green holds
-    pipeline-patterns publish promote|rollback   blue-green: publish the audited green, or go back to blue
-
-Output is meant for pipes: a reader that stops early (`| head -1`) ends the command quietly.
-"""
+Usage: docs/configuration.md."""
 
 import argparse
 import dataclasses

@@ -1,11 +1,5 @@
-"""The one entry point Dagster loads: everything under defs/, plus project-wide policy.
-
-The in-process executor runs a run's steps in one process so they share one Spark session
-(a JVM per step process would cost ~5 s each); Spark parallelises the work inside each step.
-With a Spark Connect server (PIPELINE_PATTERNS_SPARK_MASTER=sc://...) a step's session is a thin
-client, and PIPELINE_PATTERNS_EXECUTOR=multiprocess runs the regions in parallel processes
-(spawned, never forked: delta-rs cannot run after a fork) without a JVM each.
-"""
+"""The one entry point Dagster loads: everything under defs/, plus project-wide policy (the executor).
+See docs/fan_out_fan_in.md (one process per run) and docs/scaling_out.md (executors)."""
 
 from pathlib import Path
 

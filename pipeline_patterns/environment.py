@@ -1,8 +1,5 @@
-"""The only module that reads the environment: where data lives and where Spark runs.
-
-Everything else receives these values as resource configuration, so the same code runs on a
-laptop (the defaults) and on a cluster (set the variables).
-"""
+"""The only module that reads the environment: where data lives, where Spark runs, where alerts go.
+See docs/configuration.md."""
 
 import os
 from pathlib import Path

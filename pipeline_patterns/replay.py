@@ -1,13 +1,5 @@
-"""Proof of idempotency (pattern: idempotent backfills, proved rather than promised).
-
-`verify_range` replays a day range, in one run, from the LIVE landing zone through every daily
-asset downstream of it into a scratch lake, and compares every table's rows in that range with
-the live tables by content hash. The landing zone is the pipeline's immutable input, so the
-replay starts from exactly the files the live tables were built from and never calls the source:
-identical hashes mean the live tables hold exactly what one clean run over those files writes (no
-duplicates, nothing lost, whatever re-runs, kills and backfills came before). The landing zone is
-only read; the replay writes into the scratch dir alone.
-"""
+"""Proof of idempotency: `verify_range` replays a day range from the live landing zone into a scratch
+lake and compares every table with the live ones by content hash. See docs/idempotent_writes.md."""
 
 import dataclasses
 import datetime as dt

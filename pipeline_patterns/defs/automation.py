@@ -1,18 +1,5 @@
-"""What runs without a person (patterns: a daily schedule; aggregates kept right after backfills;
-alerts on failure).
-
-- `daily_orders_schedule`: at 02:00 UTC, the daily graph for the day that just closed (the feed
-  delivers a day's last redelivery batch at 01:00). Running by default: a daily pipeline runs daily.
-- `aggregates_follow_days`: requests `monthly_revenue` for every COMPLETE month (all its days
-  MATERIALIZED in daily_revenue) with a day that changed after the month's last run, and
-  `revenue_summary` when any day is newer than it. A published month that loses a day (held on a
-  re-run) is requested too: its run fails naming the day, so the month shows FAILED. Dagster's `any_deps_updated()` automation condition is cursor-based:
-  a sensor started after a backfill never sees the rewrites made before it ("since last handled"
-  starts at its first tick). This sensor compares event-log storage ids instead, which is
-  stateless: whenever it starts, it finds every rewritten day, and its run keys stop it from
-  requesting the same state twice.
-- `notify_run_failure`: every failed run goes to the notifier.
-"""
+"""What runs without a person: the daily schedule, the `aggregates_follow_days` sensor and the
+`notify_run_failure` sensor. See docs/backfills.md and docs/alerts.md."""
 
 import datetime as dt
 

@@ -1,12 +1,5 @@
-"""The quality gates as Dagster asset checks (pattern: quality gate; process or quarantine).
-
-Each rule of `lib/rules.py` is one check reused on every regional asset, evaluated inside the
-regional step on the staged rows BEFORE anything is written. A region-day failing a blocking rule
-is quarantined (`lib/quarantine.py`): the rule's check fails with severity ERROR and names the
-days and sample rows, but does not block the step, because the quarantine IS the gate: the fan-in
-reads only clean region-days and holds the others. `rows_accounted` is the one blocking check:
-rows lost on the way stop everything.
-"""
+"""The quality gates as Dagster asset checks: the `quality_gates` resource, one check per rule of
+lib/rules.py on every region, and the one blocking check, `rows_accounted`. See docs/quality_gates.md."""
 
 import dagster as dg
 from pydantic import Field

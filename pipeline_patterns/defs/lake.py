@@ -1,16 +1,5 @@
-"""The Delta lake: one table per asset under `uri`, written and read through delta-rs (pattern:
-idempotent window writes, readable partitions).
-
-`Lake` replaces exactly the day window a run materializes (one partition or a whole backfill
-range) in one transaction whose commit metadata carries the Dagster run id. The assets write
-through it themselves, so each day can report its own row count and branch;
-`DeltaLakeIOManager` is the read side (`defs.load_asset_value`, notebooks) and the writer of the
-aggregates. Both replace dagster-deltalake's IO manager, which writes and reads only the first day
-of a window, can overwrite a whole table after a swallowed error, and reads through the
-pyarrow-dataset bridge that aborts processes at exit (FACTS.md). What dagster-deltalake does well
-is kept: its storage configuration classes are the lake's storage settings, so object storage is
-configured the way dagster-deltalake users already do.
-"""
+"""The Delta lake: the `lake` resource (one table per asset; a day window replaced in one transaction
+carrying the run id) and `lake_io_manager` (reads, and the aggregates' writes). See docs/idempotent_writes.md."""
 
 from typing import Any
 

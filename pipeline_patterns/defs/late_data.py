@@ -1,25 +1,5 @@
-"""Late data in Dagster: the watermark setting, and the `late_data_rehomes_days` sensor that
-re-runs exactly the published global days a later delivery touched (patterns: late and
-out-of-order data; event-time re-homing; detection by sensor).
-
-The rows move by themselves: the fan-in of day D reads the feed days D .. D + allowed lateness
-(lib/late_data.py), so a late order is in its event day as soon as that day is computed after
-the delivery. What must be noticed is a delivery processed AFTER its event days were published.
-Each regional day records the earlier event days its delivery carries (`late_event_days`) and
-the version of the clean table it committed (`delta_version`); each global day records the
-regional versions it read (`regional_versions`). A global day is stale when a regional day that
-carries orders of it committed a version newer than the one the global day read. That is exact
-and race-free: a regional run committing while the fan-in runs is compared by version, not by
-when its event was logged. Quarantined deliveries count too: re-processing a region-day into
-quarantine takes its late orders back out of their days.
-
-Why a sensor: the facts are in materialization metadata, and Dagster's automation conditions
-cannot see which OTHER partitions a partition's data touches (a partition mapping is static:
-feed day D+2 does not depend on day D, its rows do). The sensor is stateless (it compares storage
-and Delta versions whenever it starts) and its run keys name the versions, so a state is
-requested once. Each contiguous block of stale days is one range run of the fan-in (one Spark
-session); the aggregates sensor then recomputes their months.
-"""
+"""Late data in Dagster: the `late_data` resource (the watermark) and the `late_data_rehomes_days` sensor
+that re-runs exactly the published days a later delivery touched. See docs/late_data.md."""
 
 import hashlib
 

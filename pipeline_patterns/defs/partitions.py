@@ -14,7 +14,7 @@ daily_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01")
 monthly_partitions = dg.MonthlyPartitionsDefinition(start_date="2024-01-01")
 
 # A range backfill runs as ONE run whose assets each read and write the whole window in one
-# transaction: one Spark session, one Delta commit per table (see README "Backfills").
+# transaction: one Spark session, one Delta commit per table (docs/backfills.md).
 single_run = dg.BackfillPolicy.single_run()
 # BackfillPolicy is still marked beta in Dagster 1.13; it is the documented way to run a range as
 # one run, and this project depends on it deliberately. Set here, where every asset module that

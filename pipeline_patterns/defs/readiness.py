@@ -1,25 +1,5 @@
-"""The `regions_close_their_day` sensor: each region-day is launched when its region has closed the
-day in its own time zone, and the global day when its last region has (pattern: readiness by
-local close, instead of one fixed hour for every region).
-
-`daily_orders_schedule` runs the whole daily graph at 02:00 UTC. This sensor launches the pieces
-instead: a region's landing and regional step (`raw_orders`, `regional_orders`,
-`quarantined_orders`, `late_orders` of the region) once the region's local midnight plus a grace
-period has passed (lib/readiness.py), and the fan-in (`global_orders`, `daily_revenue`) once every
-region is ready AND every regional day is materialized. It is STOPPED by default so that it never
-launches beside the schedule: to launch each piece when it becomes ready, turn this sensor on and
-the schedule off.
-
-The partitions are UTC days, and Dagster knows a day's partition only once the UTC day has ended.
-A region east of UTC (ap-south) closes its day earlier than that, so it waits for the partition
-too; its tick says so.
-
-Stateless: each tick reads the partition statuses from the instance. A requested run makes its
-partitions IN_PROGRESS at once, and run keys (`close us-west 2024-01-05`) keep a tick evaluated
-twice from launching a piece twice. A FAILED piece is not requested again here: re-running
-failures is self-healing's job (defs/self_healing.py). Each run carries why it was launched as
-the `pipeline_patterns/reason` tag; the skip reason lists what waits and why.
-"""
+"""The `day_close` resource and the `regions_close_their_day` sensor: a region-day is launched when its
+region has closed the day in its own time zone, the global day when its last region has. See docs/late_data.md."""
 
 import datetime as dt
 

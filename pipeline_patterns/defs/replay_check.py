@@ -1,13 +1,5 @@
-"""replay_matches: an on-demand proof that a day's fan-in and revenue are what a clean replay
-gives (pattern: idempotency, checked per partition).
-
-Recomputes global_orders and daily_revenue for one day from the live regional tables and the FX
-service with the same `lib/fan_in.py` code, and compares content hashes with the live tables.
-On demand only (the asset's Checks tab, "Execute", with the day in the launchpad config; default
-the latest day in daily_revenue): run with every backfill it would double the fan-in's cost, and
-the fan-in step emits its days itself, so a check after it in the same run is skipped anyway.
-For a whole range, end to end from the landing files: `pipeline-patterns verify-idempotency`.
-"""
+"""replay_matches: an on-demand check that a day's fan-in and revenue equal what a clean replay gives.
+See docs/idempotent_writes.md."""
 
 import datetime as dt
 

@@ -1,16 +1,6 @@
-"""Failure handling around external dependencies (patterns: retries with capped exponential
-backoff; circuit breaker; alerts).
-
-`call_dependency` is the one way an asset calls a flaky dependency:
-- through the dependency's circuit breaker, whose state lives in a SQLite file shared by every
-  process and run (an in-memory breaker protects nothing when each run is its own process), or
-  in PostgreSQL when several machines share it;
-- a retryable failure asks Dagster to retry the step (`RetryRequested`) after a wait computed by
-  `BackoffPolicy`: Dagster's RetryPolicy has a fixed 2^n curve and no cap;
-- an open breaker retries the step after the breaker's remaining open time instead of failing;
-- a non-retryable failure (bad credentials, schema errors, anything unknown) fails at once;
-- every retry and every final failure is sent to the notifier (Dagster has no retry hook).
-"""
+"""Failure handling around external dependencies: `call_dependency` (circuit breaker, capped-backoff
+retries) and the `Breaker`, `RetrySettings` and `Notifier` resources.
+See docs/retries_and_breaker.md and docs/alerts.md."""
 
 import dataclasses
 import datetime as dt

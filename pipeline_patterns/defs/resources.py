@@ -26,7 +26,7 @@ from pipeline_patterns.lib.spark_tables import spark_settings
 # The Python that Spark starts for the gates and the fan-in (they run in its workers) is this
 # one, with this project installed: PySpark otherwise starts whatever `python3` is on the PATH.
 # (PySpark reads only the environment variable for a local session; a cluster's executors need
-# the project installed in their own Python, see README "Scaling out".)
+# the project installed in their own Python, see docs/scaling_out.md.)
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 

@@ -1,22 +1,5 @@
-"""The `heal_failed_days` sensor: failed days re-run without a person, capped (pattern:
-self-healing pipeline).
-
-Each tick it finds the days whose `daily_revenue` partition is FAILED (the last run that targeted
-it failed: a feed outage, an open breaker, a held day, a run that died and that Dagster's run
-monitoring or run retries gave up on), gathers what can be known of each (the failed run, when
-it ended, the automatic attempts since the day last succeeded, its quarantined and corrected
-region-days, the breakers, running backfills) and lets `lib/healing.decide` say per day: request
-it, wait (and why), or give up. What it decides shows in the UI: each requested run carries the
-day, the attempt and the reason as tags (Runs, filter by `pipeline_patterns/heals_day`); the
-tick's log and skip reason list every day waiting and why; a give-up is recorded once as an
-observation on the day of `daily_revenue` (`healing`: gave up) and sent to the notifier, like
-every attempt.
-
-Stateless but for the give-ups already reported (the cursor): attempts are counted from run tags
-in the instance, so a restarted daemon neither forgets nor repeats them, and run keys keep a tick
-that is evaluated twice from launching an attempt twice. A requested run makes the day IN_PROGRESS
-at once (its planned events are written when it is created), so healing never runs a day twice.
-"""
+"""The `heal_failed_days` sensor and the `healing_policy` resource: failed days re-run without a person,
+capped (the decisions are lib/healing.py). See docs/self_healing.md."""
 
 import datetime as dt
 import json

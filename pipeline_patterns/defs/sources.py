@@ -1,10 +1,5 @@
-"""The source systems as Dagster resources: the regional order feed and the FX rate service
-(pattern: the source system behind a resource).
-
-By default both are the deterministic simulators of `lib/simulated_feed.py`; a real API client
-replaces them by implementing the same methods. Fault injection and corrections are
-configuration, not code: set them in the launchpad or in `--config-json`.
-"""
+"""The source systems as Dagster resources: the regional order feed and the FX rate service (simulated by
+lib/simulated_feed.py; a real client implements the same methods). See docs/source_and_landing.md."""
 
 import datetime as dt
 

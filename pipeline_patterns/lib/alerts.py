@@ -1,10 +1,5 @@
-"""Alert delivery where teams read them: a JSON webhook with capped-backoff retries, and the text
-of a Slack message (pattern: alerts; one event per retry, breaker change, quarantined or held day,
-final failure).
-
-A lost alert must not fail the pipeline it reports on, nor vanish: `post_json` returns the error
-of an undeliverable alert for the caller to record, instead of raising.
-"""
+"""Alert delivery: a JSON webhook with capped-backoff retries that returns, not raises, the error of an
+undeliverable alert; the text of a Slack message. See docs/alerts.md."""
 
 import json
 import time

@@ -1,15 +1,5 @@
-"""How long to wait before retrying a dependency, and whether to retry at all (pattern: capped
-exponential backoff with jitter).
-
-Dagster's RetryPolicy has no cap and a fixed (2^n - 1) * delay curve, so a step that talks to a
-flaky dependency computes its own wait with `BackoffPolicy.delay` and passes it to
-`dagster.RetryRequested(seconds_to_wait=...)`. Jitter spreads the retries of many failed callers
-apart, so they do not hit a recovering dependency in lock-step.
-
-`is_retryable` decides whether a failure is worth a retry: transient ones (timeouts, refused or
-reset connections, HTTP 5xx/429/408) are; bad credentials, bad requests and schema/data errors
-are not, and neither is anything unknown: an unknown error fails fast instead of being hammered.
-"""
+"""Capped exponential backoff with jitter (`BackoffPolicy`), and whether a failure is worth a retry
+(`is_retryable`). See docs/retries_and_breaker.md."""
 
 import dataclasses
 import errno

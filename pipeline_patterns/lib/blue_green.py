@@ -1,30 +1,5 @@
-"""Blue-green publication of the published tables (pattern: blue-green deployment for data).
-
-Blue is what the live Delta tables hold. Green is a new version of a window of them (a logic
-change, a full rebuild, a reprocessed quarter), built BESIDE blue: its Parquet files are staged
-inside each live table's folder (`<table>/staged-green-<release id>-<uuid>/day=.../`), which no reader
-sees, since a Delta reader reads only the files its log lists (FACTS.md: files staged in the live
-table's folder are invisible until committed; another table's files cannot be referenced).
-
-1. build: the files are staged and recorded in the release (`<lake>/_blue_green/release.json`),
-   with the window's blue files and version at that instant;
-2. audit: exactly those files are checked as every commit is (`check_staged`), plus the checks
-   of the caller (a comparison against blue); the verdicts are recorded in the release;
-3. promote: only an audited release whose every check passed, and only while blue's files of the
-   window are still those green was compared against; ONE commit per table, which removes the
-   window's blue files and adds green's (`commit_staged`): each table switches atomically;
-4. rollback: `restore` to the version before the promotion, ONE commit per table that rewrites no
-   data, refused if anything was committed after the promotion (it would be undone too).
-
-A reader of a table sees blue up to the instant of its commit and green after it, never a mix;
-the tables switch one after the other within milliseconds (a reader that needs both at one
-publication pins the versions `status` reports). Rollback needs blue's files: keep the lake's
-vacuum retention (`pipeline-patterns lake vacuum --retention-hours`, 168 h) longer than the time
-within which a rollback may be wanted, and promote a green within that retention too.
-
-Each step saves the release, so a promotion or rollback that died half-way is finished by running
-it again (tables already switched are recognised by their commit and skipped).
-"""
+"""Blue-green publication of the published tables: green built beside blue, audited, promoted and rolled
+back with one commit per table. See docs/blue_green.md."""
 
 import dataclasses
 import datetime as dt

@@ -1,22 +1,5 @@
-"""A circuit breaker whose state every process calling a dependency shares (pattern: circuit breaker).
-
-After `failure_threshold` consecutive failures the breaker opens: calls fail fast with
-CircuitOpenError, without touching the dependency, for `recovery_timeout` seconds. Then exactly
-one trial call goes through (half-open): its success closes the breaker, its failure opens it
-again for another `recovery_timeout`. A trial whose process died holds its lease for at most
-`trial_timeout` seconds; after that another trial may go.
-
-Dagster runs steps, and runs, in separate processes, so an in-memory breaker protects nothing: the
-state lives in a SQLite file, one row per breaker name, and every read-modify-write is one
-`BEGIN IMMEDIATE` transaction, so two processes never both get the trial. The file must be on a
-disk that every process sees locally (SQLite's locking is unreliable on network filesystems).
-When processes on several machines share a breaker, `store` is a PostgreSQL URL instead (the
-database of the Dagster instance, say): the same table, each transaction serialised by an
-advisory lock.
-
-    breaker = CircuitBreaker("orders_source", data_dir / "breakers.sqlite")
-    rows = breaker.call(fetch_orders, day)    # raises CircuitOpenError while the breaker is open
-"""
+"""A circuit breaker (closed, open, half-open with one trial) whose state every process calling a
+dependency shares, in SQLite or PostgreSQL. See docs/retries_and_breaker.md."""
 
 import contextlib
 import dataclasses

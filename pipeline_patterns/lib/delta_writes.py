@@ -1,22 +1,5 @@
-"""Idempotent Delta Lake writes and abort-free reads over delta-rs (pattern: idempotent writes).
-
-Every write replaces exactly the rows of a day window [start, end) in ONE Delta transaction, so a
-write that dies half-way commits nothing and a re-run of the same window leaves the same rows.
-dagster-deltalake's IO manager cannot do this for ranges: it builds its predicate from the first
-day of a window only (see FACTS.md), hence these small helpers. Two ways in:
-
-- `commit_staged`: Parquet files already written by someone else (Spark's executors, into a
-  staging folder of their own inside the table's folder, invisible until committed) are checked
-  and committed as one transaction that also removes the window's old files. delta-rs validates
-  nothing a caller commits this way (FACTS.md), so this function does: files, sizes, partition
-  values inside the window, schema, rows per day, nulls. Big tables take this path: their rows
-  never pass through the committing process. A writer killed before its commit leaves only
-  unreferenced files, which `vacuum_orphans` removes.
-- `replace_window`: an Arrow table from this process, for the few rows a day of the aggregates.
-
-Reads go through delta-rs's own query engine (`QueryBuilder`), never the pyarrow-dataset bridge
-(`to_pyarrow_table`, `to_pandas`), which makes the process abort at exit.
-"""
+"""Idempotent Delta Lake writes (a day window replaced in one transaction: `commit_staged`,
+`replace_window`) and abort-free reads over delta-rs. See docs/idempotent_writes.md."""
 
 import dataclasses
 import hashlib
@@ -353,8 +336,8 @@ def _staged_actions(
 
 def _stats(metadata: pq.FileMetaData, fields: list[pa.Field]) -> dict[str, Any]:
     """Delta file statistics from a Parquet footer: row count, null counts, and min/max of the
-    numeric and short string columns (what readers use to skip files; FACTS.md: no stats breaks
-    pruning and `DeltaTable.count()`)."""
+    numeric and short string columns (what readers use to skip files; delta-rs accepts a commit
+    without stats, but then loses file pruning and `DeltaTable.count()`)."""
     nulls: dict[str, int] = {}
     minimum: dict[str, Any] = {}
     maximum: dict[str, Any] = {}

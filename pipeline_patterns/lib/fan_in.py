@@ -1,10 +1,5 @@
-"""The fan-in: every region's clean orders of a day in one table, in USD, and which days are ready
-for it (pattern: fan-in with a readiness rule; a global day is all regions or nothing).
-
-One home for the computation: `global_orders_table` (Arrow) is what the `global_orders` asset runs
-on Spark's executors (`global_orders_frame`), what the replay check and the pyarrow benchmark
-floor call directly.
-"""
+"""The fan-in: which days are ready (all regions or nothing) and every region's clean orders of a day in
+one table, in USD; one home for the asset, the replay check and the benchmark. See docs/fan_out_fan_in.md."""
 
 from collections.abc import Iterator
 

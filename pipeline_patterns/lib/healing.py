@@ -1,20 +1,5 @@
-"""What to do about each failed day, without a person (pattern: self-healing pipeline).
-
-A day whose last run failed is re-run automatically only when a re-run can succeed, and only a
-capped number of times, so a partition that is broken for good never loops:
-
-- it failed within the last `lookback_hours` (older failures are left for a person);
-- no backfill is running (healing never fights a backfill: the backfill may be re-running it);
-- a day held by quarantine waits for the source's correction of every quarantined region-day;
-- a day that failed for any other reason (a dependency down, a run that died) waits until every
-  dependency's circuit breaker lets a call through again (closed, or half-open: a trial may go);
-- after `max_attempts` automatic runs since the day last succeeded, it gives up and says so.
-
-Pure decisions over plain values; the sensor in defs/self_healing.py gathers them from the
-Dagster instance, the lake, the source and the breakers. Dagster's run retries cover a run that
-dies as a whole, but re-launch it at once (no wait for the dependency, no correction, no cap per
-partition across runs): what this adds.
-"""
+"""What to do about each failed day without a person: request a re-run, wait, or give up (pure decisions).
+See docs/self_healing.md."""
 
 import dataclasses
 from collections.abc import Mapping, Sequence

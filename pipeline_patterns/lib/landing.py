@@ -1,17 +1,5 @@
-"""The immutable landing zone: files exactly as the source delivered them (pattern: raw layer).
-
-Each extraction of a region-day writes its files into a directory of its own, named by the Dagster
-run id, and only then points the region-day's manifest at it, atomically (a rename on a disk, a
-single PUT on object storage). A run killed
-half-way leaves an orphan directory that no reader sees; a re-run lands a complete new copy and
-switches the manifest; files once written are never modified.
-
-    <root>/<region>/<day>/<run_id>/<batch_id>.csv
-    <root>/<region>/<day>/_manifest.json      -> the extraction readers use
-
-The root is a local path or an `s3://` URI (with delta-rs style storage options): every read and
-write goes through a pyarrow filesystem (`object_store`); links only exist, and are refused, on a disk.
-"""
+"""The immutable landing zone: files exactly as the source delivered them, one folder per extraction,
+published by switching the region-day's manifest atomically. See docs/source_and_landing.md."""
 
 import codecs
 import csv

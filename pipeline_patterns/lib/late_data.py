@@ -1,25 +1,5 @@
-"""Late and out-of-order data: event time decides the day, a watermark decides what is still
-accepted, and the newest delivery of an order wins (patterns: event-time partitioning; allowed
-lateness; deduplicate on read).
-
-A regional table holds each region's deliveries by FEED day (the day of the delivery, gated as a
-unit). An order's day is its EVENT day: `event_day`, the UTC day of its event time (an event in
-the few tolerated minutes after its feed day's end counts with its feed day). A delivery is
-`lateness` days late when its feed day is that many days after its event day:
-- at most `allowed_lateness` days: accepted, and the order counts toward its event day;
-- later: too late for a closed day, kept in the region's late table with why (never dropped).
-
-`newest_deliveries` is the one home of the re-homing rule. Global day D holds, of every order
-delivered in the feed days D .. D + allowed_lateness, its newest delivery (delivery time, then
-batch id, then the other columns: a total order, so the result never depends on the order in
-which deliveries arrived or runs ran) when that delivery's event day is D. A day's content
-depends on those feed days alone, so a range run and day-by-day runs agree. The fan-in runs it
-on Spark's executors (`rehomed_frame`), the replay check on Arrow tables.
-
-Known limit (the simulator never does it): a correction delivered more than allowed_lateness days
-after an order's first counted delivery AND moving its event to a later day is reconciled only
-within the newer day's feed days, so the order would count in both days.
-"""
+"""Late and out-of-order data: event time decides the day, a watermark decides what is still accepted,
+and the newest delivery of an order wins (`newest_deliveries`). See docs/late_data.md."""
 
 import datetime as dt
 from collections.abc import Iterator, Sequence

@@ -1,17 +1,5 @@
-"""Where the lake's files live, for the code that reads and writes them outside delta-rs: a
-pyarrow filesystem for a local path or an `s3://` URI, from the same storage options delta-rs
-takes (pattern: storage split from compute).
-
-delta-rs owns the Delta log on any store. Spark reads and writes local (or HDFS) paths itself;
-the `pyspark` wheel carries no S3 connector (hadoop-aws and the AWS SDK are not in it, and no JAR
-can be fetched at run time), so on object storage Spark's executors move the Parquet bytes with
-pyarrow instead (`spark_tables`), in the same tasks and with the same files as on a disk.
-
-S3 options are delta-rs's (dagster-deltalake's `S3Config` fields or `AWS_*` keys; the environment
-fills what they leave out, as for delta-rs). Two writers of one table on S3 are safe only with
-conditional put: set `AWS_CONDITIONAL_PUT=etag` (S3, MinIO, moto support `If-None-Match`), so a
-commit that loses the race fails and is retried instead of overwriting the winner's log entry.
-"""
+"""A pyarrow filesystem for a local path or an `s3://` URI, from delta-rs's storage options: how the
+code outside delta-rs reaches the lake's and the landing zone's files. See docs/scaling_out.md."""
 
 import os
 from collections.abc import Mapping

@@ -1,11 +1,5 @@
-"""The order transformations, free of Dagster: the regional clean-up in Spark (fan-out) and the
-revenue aggregates in Arrow (the fan-in itself is `fan_in.py`).
-
-Spark does the heavy part (parsing every landed file, deduplicating deliveries); the aggregates
-are group-bys over already clean rows, written once in Arrow: the daily revenue runs a day at a
-time in Spark's Python workers (`fan_in.daily_revenue_frame`), the monthly and trailing ones over
-the few rows a day of `daily_revenue` in the run's process.
-"""
+"""The order transformations, free of Dagster: the regional clean-up in Spark and the revenue aggregates
+in Arrow (the fan-in itself is fan_in.py). See docs/fan_out_fan_in.md."""
 
 import codecs
 import datetime as dt

@@ -1,14 +1,5 @@
-"""Process or quarantine, per region-day (pattern: quality gate with a quarantine branch).
-
-Each region-day of a run takes exactly one branch: every blocking rule passed, and its rows go to
-the clean table; or one failed, and ALL its rows go to the quarantine table with the failed checks
-and the reason, while its clean partition stays empty (the clean table never holds data that
-failed its gate). `judge` decides for one day, `accounted` proves nothing was lost on the way.
-
-In a run, `judge_days` runs the rules on Spark's executors, one region-day (an Arrow table) at a
-time, and only the verdicts come back to the driver; `clean_frame` and `quarantined_frame` then
-send each day's rows down its branch, in Spark, without the driver ever holding them.
-"""
+"""Process or quarantine, per region-day: the verdicts (`judge`; `judge_days` on Spark's executors),
+each branch's rows, and the accounting. See docs/quality_gates.md."""
 
 import dataclasses
 import datetime as dt

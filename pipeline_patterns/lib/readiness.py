@@ -1,15 +1,5 @@
-"""When a region's day is over, in the region's own time zone (pattern: readiness by local close;
-each piece launched when it becomes ready instead of at one fixed hour).
-
-A region closes its day `day` at the local midnight that starts `day + 1` in its time zone; a grace
-period after that lets the last deliveries arrive, and then the region-day is ready. The global
-day (the fan-in over every region) is ready when its last region is. Time zones come from the IANA
-database (`zoneinfo`), so daylight saving time is right on every date, the days the clocks change
-included (a local day is then 23 or 25 hours long).
-
-Pure functions over plain values; the `regions_close_their_day` sensor (defs/readiness.py) asks
-them what is ready and what Dagster has already done.
-"""
+"""When a region's day is over, in the region's own time zone, and when the global day is ready
+(pure functions). See docs/late_data.md."""
 
 import dataclasses
 import datetime as dt
@@ -72,7 +62,7 @@ class DayTimeline:
     global_ready_at: dt.datetime
 
     def markdown(self) -> str:
-        """The timeline as a Markdown table (the README shows one)."""
+        """The timeline as a Markdown table (docs/late_data.md shows one)."""
 
         def utc(instant: dt.datetime) -> str:
             return instant.strftime("%Y-%m-%d %H:%M UTC")

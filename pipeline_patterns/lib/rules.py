@@ -1,13 +1,5 @@
-"""Quality rules over a region-day of orders (pattern: quality gate; process or quarantine).
-
-One definition per rule, parameterised, reused for every region: each returns whether the
-region-day passed, how many rows failed, sample order ids and its parameters. A region-day that
-fails any blocking rule goes to quarantine as a whole; the clean table never holds it.
-
-A day is judged in batches (`DayJudge`), so a region-day of any size is judged in the memory of
-one batch: row rules flag rows batch by batch; day rules judge `DayFacts`, the day's totals
-(rows, newest event, repeated ids) and what the landing zone said of its files.
-"""
+"""The quality rules over a region-day of orders, one definition each, judged in batches (`DayJudge`).
+See docs/quality_gates.md."""
 
 import dataclasses
 import datetime as dt

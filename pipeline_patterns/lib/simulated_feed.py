@@ -1,14 +1,5 @@
 """The deterministic regional order feed, its defects, and simulated FX rates (the source system).
-
-Same (region, day, seed) always gives the same records, so every run, test and benchmark can be
-checked exactly. The feed has the defects real feeds have, on deterministic region-days:
-- duplicate deliveries: some orders are delivered again in a later "redelivery" batch;
-- late records: orders whose event time belongs to an earlier day;
-- bad region-days (rare): null user_ids on part of the rows, or a collapsed volume;
-- transient failures and outages of the feed itself (see `FeedFaults`).
-`region_day_defects` tells which region-day carries which defect without generating the rows
-(the `pipeline-patterns source defects` command prints it).
-"""
+See docs/source_and_landing.md."""
 
 import dataclasses
 import datetime as dt

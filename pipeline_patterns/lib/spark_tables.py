@@ -1,15 +1,5 @@
-"""Spark <-> Delta without a Delta JAR: Spark's executors write the Parquet files, this process
-commits them with delta-rs; Spark reads a table from its snapshot's file list (pattern: a data
-path that never holds a range in one process).
-
-No Delta connector can be downloaded here (no JARs at run time), and delta-rs owns the log. So a
-window write is: the executors write the window's rows, one folder per day, into a staging folder
-of their own inside the table's folder (invisible to readers until committed); then
-`delta_writes.commit_staged` checks those files and commits them as ONE transaction that replaces
-the window. The rows never pass through the driver. A read is the Parquet files the snapshot
-lists, never the table's folder (which also holds old versions' and uncommitted files).
-The session needs `spark_settings()` (micro-second timestamps, which carry min/max statistics).
-"""
+"""Spark <-> Delta without a Delta JAR: Spark's executors write the Parquet files, the driver commits
+them with delta-rs; Spark reads a table from its snapshot's file list. See docs/idempotent_writes.md."""
 
 import uuid
 from collections.abc import Iterator, Mapping, Sequence

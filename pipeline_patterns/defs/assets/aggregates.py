@@ -1,12 +1,5 @@
-"""The revenue aggregates over daily_revenue (pattern: downstream aggregates kept right after
-backfills).
-
-monthly_revenue (monthly partitions, through a time-window partition mapping) and revenue_summary
-(trailing 30 days) are brought up to date by the `aggregates_follow_days` sensor whenever days
-they read are rewritten (automation.py). A month is never published from an incomplete set of
-days, however it is launched: with a day missing or held it fails, naming the days it lacks
-(a partial month shown green would be read as the month's revenue).
-"""
+"""monthly_revenue and revenue_summary over daily_revenue, kept up to date by the `aggregates_follow_days`
+sensor; a month is published only complete. See docs/backfills.md."""
 
 import dagster as dg
 import pyarrow as pa

@@ -1,24 +1,6 @@
-"""global_orders and daily_revenue: every region's clean orders of a day in one table in USD, and
-the day's revenue (patterns: fan-in; a range backfill that finishes every ready day).
-
-A global day is all regions or nothing. In one run over a range, this step processes every day
-whose four region-days are clean and HOLDS the others (a region-day quarantined or not yet
-processed), saying which and why: per held day in the run's failure, the notifier and the log.
-Both tables still take one transaction each for the whole window, so they hold exactly what one
-clean run writes: the ready days' rows, nothing on held days. A day's orders are those whose event
-day it is, from its own feed day and the allowed lateness of feed days after it, the newest
-delivery of each winning (lib/late_data.py; the late_data_rehomes_days sensor re-runs a published
-day when a later delivery touches it). The rows stay in Spark: it reads
-the regional snapshots' files, converts to USD on the executors (the FX rates, a few per day,
-travel with the tasks: a broadcast join), aggregates the revenue, and writes the files the
-driver commits.
-
-Per-day truth in Dagster (FACTS.md, "Partial success inside one range run"): a returned output
-would record EVERY day of the range as materialized, so this step is the last of the daily graph
-and emits one materialization per processed day itself; its outputs are skippable and never
-returned. It then fails with a `Failure` naming the held days, which Dagster shows as FAILED, so
-"Backfill only failed and missing partitions" selects exactly them.
-"""
+"""global_orders and daily_revenue: the fan-in of every region's clean orders of a day, in USD, and the
+day's revenue; a range run writes every ready day and holds the others, naming them.
+See docs/fan_out_fan_in.md and docs/backfills.md."""
 
 import dataclasses
 import datetime as dt

@@ -1,21 +1,5 @@
-"""green_release, and the promote_green / rollback_green jobs: blue-green publication of
-global_orders and daily_revenue (pattern: blue-green deployment; lib/blue_green.py has the
-mechanism and what a reader sees at each instant).
-
-- `green_release` (daily partitions; a range is one run): the fan-in of the window, computed as
-  `global_orders` computes it (`global_merge.fan_in`) from the live regional tables with the code
-  deployed now, and its daily revenue, staged as GREEN beside the live (blue) tables: no reader
-  sees it. Its checks audit exactly the staged files: `green_files_valid` (what every commit is
-  checked for), `green_revenue_reconciles` (revenue orders = global rows, per day) and
-  `green_matches_blue` (per day, orders and revenue within `publication.tolerance` of blue; no
-  day of blue lost).
-- `promote_green`: publishes the audited green, one commit per table; refuses a green that failed
-  or missed its audit, or whose blue changed since it was built.
-- `rollback_green`: back to blue, one `restore` commit per table.
-Both jobs record the switched days as materializations of `global_orders` and `daily_revenue`
-(so the aggregates sensor recomputes their months), and `pipeline-patterns publish` runs the
-same functions from a shell.
-"""
+"""green_release and the promote_green / rollback_green jobs: blue-green publication of global_orders
+and daily_revenue (the mechanism is lib/blue_green.py). See docs/blue_green.md."""
 
 import datetime as dt
 

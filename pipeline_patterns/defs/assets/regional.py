@@ -1,20 +1,6 @@
-"""regional_orders/<region> and quarantined_orders/<region>: a region's landed files parsed, typed
-and deduplicated in Spark, gated, and each region-day sent down one branch (patterns: fan-out;
-quality gate with a process-or-quarantine branch; idempotent window writes).
-
-One step per region writes its three tables (clean, quarantined, and late_orders for what came
-later than the allowed lateness: lib/late_data.py), each replacing exactly the run's days in one
-transaction. The clean table keeps each delivery under its FEED day; the fan-in counts each order
-in its event day. A quarantined region-day is the designed outcome, not an error: the step succeeds,
-the day's clean partition is empty, its rows are in quarantine with the failed checks, and only
-the fan-in of that day is held (see global_merge.py). Each day reports its own branch and row
-counts. Spark parses and deduplicates the region's window, its executors judge each day
-(`judge_days`) and write both tables' files; the driver only commits (lib/spark_tables.py). What must stop everything stays a blocking ERROR: `rows_accounted` failing means rows
-were lost, and then nothing is written.
-
-Each region is its own step, so one region failing never stops the others. The steps share the
-run's one Spark session (in-process executor); Spark spreads each region's job over every core.
-"""
+"""regional_orders, quarantined_orders and late_orders per region: the fan-out step that parses,
+deduplicates and gates a region's landed files and sends each region-day down one branch.
+See docs/fan_out_fan_in.md and docs/quality_gates.md."""
 
 import dataclasses
 import datetime as dt
