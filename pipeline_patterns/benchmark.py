@@ -1,38 +1,15 @@
-"""Benchmark: a backfill of N days x 4 regions x 5,000 orders from the landing zone to
-daily_revenue, three ways, in one sitting (pattern: a data path that never holds a range in one
-process; targets in the README).
+"""The benchmark: N days x 4 regions from the landing zone to daily_revenue, three ways (project, PySpark, pyarrow).
 
-    python -m pipeline_patterns.benchmark --days 30 90
-    python -m pipeline_patterns.benchmark --days 30 90 365 730
-    python -m pipeline_patterns.benchmark --big-day 5000 1000000 5000000
-
-`--big-day N` measures the memory bound of one region-day instead: a us-east day of N orders
-(synthetic, valid rows; above `max_orders_per_day` it is quarantined by the volume gate) through
-the regional step alone, with the production resources.
-
-- `project`: the project's daily graph below the landing as ONE Dagster run over the range (the
-  assets' single-run backfill policy, in-process executor): gates, quarantine, checks, fan-in,
-  revenue, the event log. Default configuration: the feed's bad region-days are ON, so the run
-  ends failed with those days held, as a user's would.
-- `spark`: the plain-PySpark floor: the same library calls (parse and deduplicate, gates,
-  quarantine, the fan-in, the revenue, executor writes and one commit per table) without Dagster.
-- `pyarrow`: a pyarrow-only reference for what this machine can do: parse, deduplicate (newest
-  delivery wins), FX, revenue and the same one-commit writes, a day at a time, without gates.
-
-The feed is generated and landed once, before the clock starts (generating 5,000 orders takes the
-simulator ~0.2 s per region-day, the same for every variant), then each variant runs in a fresh
-process (a cold JVM, as a real run has) into its own lake. This process samples the resident
-memory of that process and all its children (JVM, Python workers; the sum of their PSS, so
-shared pages count once) and prints wall time, rows/s
-and the peak, then the ratios.
-"""
+Writes docs/benchmarks.md; what each variant measures: docs/backfills.md (Benchmark)."""
 
 import argparse
 import dataclasses
 import datetime as dt
 import json
 import multiprocessing
+import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -42,6 +19,8 @@ import time
 FIRST_DAY = dt.date(2024, 1, 1)
 VARIANTS = ("pyarrow", "spark", "project")
 BIG_DAY = dt.date(2024, 1, 2)
+# The only home of measured figures: rewritten by every measuring run, never edited by hand.
+REPORT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def land_big_day(root: pathlib.Path, rows: int) -> None:
@@ -359,6 +338,41 @@ def measure(variant: str, landing_root: pathlib.Path, days: int, orders_per_day:
     return Measured(variant, days, days * 4 * orders_per_day, round(wall, 1), round(peak / 2**30, 2))
 
 
+def write_report(records: list[dict], argv: list[str], path: pathlib.Path = REPORT) -> pathlib.Path:
+    """Overwrite `path` with what the benchmark printed, one Markdown table per kind of record,
+    headed with the UTC date, the commit, the command line and the machine's core count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=path.parent, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        if git("status", "--porcelain", "--untracked-files=no").strip():
+            commit += " with uncommitted changes"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python -m pipeline_patterns.benchmark` on {dt.datetime.now(dt.UTC):%Y-%m-%d} (UTC), "
+        f"commit {commit}, on a machine with {os.cpu_count()} cores. What each variant measures: "
+        "[backfills.md](backfills.md#benchmark).",
+        "",
+        "```bash",
+        shlex.join(["python", "-m", "pipeline_patterns.benchmark", *argv]),
+        "```",
+    ]
+    tables: dict[tuple[str, ...], list[dict]] = {}
+    for record in records:
+        tables.setdefault(tuple(record), []).append(record)
+    for columns, rows in tables.items():
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, nargs="+", default=[30, 90])
@@ -377,36 +391,39 @@ def main(argv: list[str] | None = None) -> int:
         runner = runners[args.run]
         runner(pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
         return 0
+    records: list[dict] = []
+
+    def emit(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+        records.append(record)
+
     if args.big_day:
         for rows in args.big_day:
             with tempfile.TemporaryDirectory(prefix="bench-big-day-") as scratch:
                 land_big_day(pathlib.Path(scratch), rows)
                 result = measure("regional_day", pathlib.Path(scratch), 1, rows // 4)
-                print(
-                    json.dumps({"region_day_rows": rows, "wall_s": result.wall_s, "peak_pss_gib": result.peak_pss_gib})
-                )
+                emit({"region_day_rows": rows, "wall_s": result.wall_s, "peak_pss_gib": result.peak_pss_gib})
+        write_report(records, sys.argv[1:] if argv is None else argv)
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-landing-") as scratch:
         landing_root = pathlib.Path(args.landing or scratch)
         seconds = land_feed(landing_root, max(args.days), args.orders_per_day)
-        print(json.dumps({"landed_days": max(args.days), "landing_s": round(seconds, 1)}), flush=True)
+        emit({"landed_days": max(args.days), "landing_s": round(seconds, 1)})
         for days in sorted(args.days):
             results = {v: measure(v, landing_root, days, args.orders_per_day) for v in args.variants}
             for result in results.values():
-                print(json.dumps({**dataclasses.asdict(result), "rows_per_s": result.rows_per_s}), flush=True)
+                emit({**dataclasses.asdict(result), "rows_per_s": result.rows_per_s})
             if {"project", "spark", "pyarrow"} <= set(results):
                 project, spark, arrow = results["project"], results["spark"], results["pyarrow"]
-                print(
-                    json.dumps(
-                        {
-                            "days": days,
-                            "project_over_spark": round(project.wall_s / spark.wall_s, 2),
-                            "project_over_pyarrow": round(project.wall_s / arrow.wall_s, 2),
-                            "overhead_s": round(project.wall_s - spark.wall_s, 1),
-                        }
-                    ),
-                    flush=True,
+                emit(
+                    {
+                        "days": days,
+                        "project_over_spark": round(project.wall_s / spark.wall_s, 2),
+                        "project_over_pyarrow": round(project.wall_s / arrow.wall_s, 2),
+                        "overhead_s": round(project.wall_s - spark.wall_s, 1),
+                    }
                 )
+    write_report(records, sys.argv[1:] if argv is None else argv)
     return 0
 
 
