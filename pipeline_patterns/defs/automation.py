@@ -1,19 +1,20 @@
 """What runs without a person: the daily schedule, the `aggregates_follow_days` sensor and the
 `notify_run_failure` sensor. See docs/backfills.md and docs/alerts.md."""
 
-import datetime as dt
+import json
 
 import dagster as dg
 
 from pipeline_patterns.defs.partitions import daily_partitions, monthly_partitions
 from pipeline_patterns.defs.resilience import Notifier
-from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib import aggregates
 
 DAILY_REVENUE = dg.AssetKey("daily_revenue")
 MONTHLY_REVENUE = dg.AssetKey("monthly_revenue")
 REVENUE_SUMMARY = dg.AssetKey("revenue_summary")
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 PLANNED = dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+REASON_TAG = "pipeline_patterns/reason"
 
 daily_orders_job = dg.define_asset_job(
     "daily_orders",
@@ -34,78 +35,76 @@ daily_orders_schedule = dg.build_schedule_from_partitioned_job(
 )
 
 
-def month_days(month: str) -> list[str]:
-    start = dt.date.fromisoformat(month)
-    end = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    return [d.isoformat() for d in DayWindow(start, end).days]
-
-
-def aggregate_requests(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], list[str]]:
-    """The runs that bring the aggregates up to date, and why months were left alone.
-
-    A day "changed" when a run materialized it or targeted it (a day held after it had been
-    published is a change too); a month is up to date when its last run STARTED after every
-    change of its days (a day rewritten while the month ran is not missed)."""
+def aggregates_plan(instance: dg.DagsterInstance, requested: dict[str, str]) -> aggregates.Plan:
+    """What the aggregates need now (lib/aggregates.py decides), from the event log: a day changed
+    when a run materialized it or targeted it (a day held after it had been published changed too)."""
     materialized = instance.get_latest_storage_id_by_partition(DAILY_REVENUE, MATERIALIZATION)
     planned = instance.get_latest_storage_id_by_partition(DAILY_REVENUE, PLANNED)
-    changed = {day: max(materialized.get(day, 0), planned.get(day, 0)) for day in {*materialized, *planned}}
-    month_started = instance.get_latest_storage_id_by_partition(MONTHLY_REVENUE, PLANNED)
-    requests, skipped = [], []
-    for month in sorted({day[:7] + "-01" for day in materialized}):
-        days = month_days(month)
-        newest = max(changed.get(day, 0) for day in days)
-        if newest <= month_started.get(month, 0):
-            continue  # the month's last run saw its newest day
-        statuses = instance.get_status_by_partition(DAILY_REVENUE, days, daily_partitions) or {}
-        if any(statuses.get(d) == dg.AssetPartitionStatus.IN_PROGRESS for d in days):
-            skipped.append(f"{month[:7]}: days being written")
-            continue
-        lacking = [d for d in days if statuses.get(d) != dg.AssetPartitionStatus.MATERIALIZED]
-        if lacking and month not in month_started:
-            skipped.append(f"{month[:7]}: {len(lacking)} days not materialized ({', '.join(lacking[:3])}...)")
-            continue
-        # complete: publish it; published but now lacking a day: its run fails, naming the day,
-        # so the month shows FAILED instead of a total that includes a day no longer there
-        requests.append(
-            dg.RunRequest(
-                run_key=f"monthly_revenue {month} {newest}",
-                job_name=monthly_revenue_job.name,
-                partition_key=month,
-                tags={
-                    "pipeline_patterns/reason": f"a day of {month[:7]} changed after the month"
-                    + (f"; lacking {', '.join(lacking[:3])}" if lacking else "")
-                },
-            )
+    published = instance.get_latest_storage_id_by_partition(MONTHLY_REVENUE, MATERIALIZATION)
+    month_runs = instance.get_latest_storage_id_by_partition(MONTHLY_REVENUE, PLANNED)
+    first_days = sorted({day[:7] + "-01" for day in {*materialized, *planned}} | set(published))
+    days = {month: aggregates.month_days(month) for month in first_days}
+    keys = [day for month_days in days.values() for day in month_days]
+    statuses = (instance.get_status_by_partition(DAILY_REVENUE, keys, daily_partitions) if keys else None) or {}
+    months = [
+        aggregates.Month(
+            month=month,
+            days=tuple(
+                aggregates.Day(
+                    day=day,
+                    changed=max(materialized.get(day, 0), planned.get(day, 0)),
+                    materialized=statuses.get(day) == dg.AssetPartitionStatus.MATERIALIZED,
+                    in_progress=statuses.get(day) == dg.AssetPartitionStatus.IN_PROGRESS,
+                )
+                for day in month_days
+            ),
+            published=published.get(month, 0),
+            last_run=month_runs.get(month, 0),
         )
+        for month, month_days in days.items()
+    ]
     summary = instance.fetch_materializations(REVENUE_SUMMARY, limit=1).records
-    newest_day = max(materialized.values(), default=0)
-    if newest_day > (summary[0].storage_id if summary else 0):
-        requests.append(
-            dg.RunRequest(
-                run_key=f"revenue_summary {newest_day}",
-                job_name=revenue_summary_job.name,
-                tags={"pipeline_patterns/reason": "daily_revenue has days newer than the summary"},
-            )
+    return aggregates.plan(
+        months,
+        newest_day=max(materialized.values(), default=0),
+        summary=summary[0].storage_id if summary else 0,
+        requested=requested,
+    )
+
+
+def run_request(request: aggregates.Request) -> dg.RunRequest:
+    if request.month == aggregates.SUMMARY:
+        return dg.RunRequest(
+            run_key=f"revenue_summary {request.newest}",
+            job_name=revenue_summary_job.name,
+            tags={REASON_TAG: request.reason},
         )
-    return requests, skipped
+    return dg.RunRequest(
+        run_key=f"monthly_revenue {request.month} {request.newest}",
+        job_name=monthly_revenue_job.name,
+        partition_key=request.month,
+        tags={REASON_TAG: request.reason},
+    )
 
 
 @dg.sensor(
     jobs=[monthly_revenue_job, revenue_summary_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Recomputes every complete month with a rewritten day, and the summary, after any run or backfill.",
+    description=(
+        "Publishes every month whose days are all materialized and changed since, flags a published month that "
+        "lost a day, refreshes the summary; never requests the same state of a month's days twice."
+    ),
 )
 def aggregates_follow_days(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    requests, skipped = aggregate_requests(context.instance)
-    if skipped:
-        context.log.info("incomplete months not published: " + "; ".join(skipped))
+    plan = aggregates_plan(context.instance, json.loads(context.cursor) if context.cursor else {})
+    for line in [r.reason for r in plan.requests] + plan.waiting:
+        context.log.info(line)
+    up_to_date = f"up to date: {', '.join(plan.up_to_date)}" if plan.up_to_date else "no month published yet"
     return dg.SensorResult(
-        run_requests=requests,
-        skip_reason=None
-        if requests
-        else "nothing to request: every published aggregate includes its newest days"
-        + (f"; not published (incomplete): {'; '.join(skipped)}" if skipped else ""),
+        run_requests=[run_request(r) for r in plan.requests],
+        cursor=json.dumps(plan.requested, sort_keys=True),
+        skip_reason=None if plan.requests else "; ".join(["nothing to request", *plan.waiting, up_to_date]),
     )
 
 
