@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import TypedDict, Unpack
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -140,7 +141,17 @@ def compare_to_blue(
     )
 
 
-def green_files(lake_uri: str, green: GreenTable, window: DayWindow, schema: pa.Schema, **checks) -> list[str]:
+class StagedChecks(TypedDict, total=False):
+    """The `check_staged` keywords `green_files` passes on (`rows_per_day` is the green table's)."""
+
+    partition_column: str
+    not_null: Sequence[str]
+    storage_options: Mapping[str, str] | None
+
+
+def green_files(
+    lake_uri: str, green: GreenTable, window: DayWindow, schema: pa.Schema, **checks: Unpack[StagedChecks]
+) -> list[str]:
     """The staged files of a green table, after the checks every commit gets (`check_staged`:
     schema, days inside the window, readable Parquet of the table's types, `not_null`, rows per
     day equal the recorded ones); raises RefusedCommit otherwise."""

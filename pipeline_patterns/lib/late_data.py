@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -24,19 +24,23 @@ LATE_SCHEMA = pa.schema(
 )
 
 
-def _event_date(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array):
+def _event_date(
+    event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array
+) -> tuple[pa.ChunkedArray | pa.Array, pa.ChunkedArray | pa.Array]:
     feed = pc.cast(feed_day, pa.date32())  # a feed day is a partition key: always YYYY-MM-DD
     event = pc.cast(event_ts, pa.date32())  # dates, not strings: year 10000 compares right
     return pc.if_else(pc.greater(event, feed), feed, event), feed
 
 
-def event_day(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+def event_day(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """'YYYY-MM-DD' of each event's UTC day, never after its feed day (null where the time is)."""
     event, _ = _event_date(event_ts, feed_day)
     return pc.cast(event, pa.string())
 
 
-def lateness_days(event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+def lateness_days(
+    event_ts: pa.ChunkedArray | pa.Array, feed_day: pa.ChunkedArray | pa.Array
+) -> pa.ChunkedArray | pa.Array:
     """Days from each event day to its feed day (0 for an order delivered on its own day)."""
     event, feed = _event_date(event_ts, feed_day)
     return pc.days_between(event, feed)
@@ -53,11 +57,11 @@ def lateness_sql(event_ts: str = "event_ts", feed_day: str = "day") -> str:
     return f"datediff(to_date({feed_day}), least(to_date({event_ts}), to_date({feed_day})))"
 
 
-def spark_event_day(event_ts: str = "event_ts", feed_day: str = "day"):
+def spark_event_day(event_ts: str = "event_ts", feed_day: str = "day") -> Column:
     return F.expr(event_day_sql(event_ts, feed_day))
 
 
-def spark_lateness(event_ts: str = "event_ts", feed_day: str = "day"):
+def spark_lateness(event_ts: str = "event_ts", feed_day: str = "day") -> Column:
     return F.expr(lateness_sql(event_ts, feed_day))
 
 
@@ -72,12 +76,12 @@ def _newest_first(row: dict) -> tuple:
     """Sort key: newest delivery first (delivery time, then batch id, descending, nulls last),
     ties broken on every other column, so the winner never depends on arrival order."""
 
-    def desc(value):  # None sorts last
+    def desc(value: dt.datetime | str | None) -> tuple[int, float | _Reversed]:  # None sorts last
         if value is None:
             return (1, 0)
         return (0, -value.timestamp()) if isinstance(value, dt.datetime) else (0, _Reversed(value))
 
-    def asc(value):
+    def asc(value: str | float | dt.datetime | None) -> tuple[int, str | float | dt.datetime]:
         return (1, "") if value is None else (0, value)
 
     return (

@@ -35,6 +35,11 @@ class GateSettings:
     """The region whose feed is judged: a row of another region is quarantined ('' checks none)."""
 
 
+RowCheck = Callable[[pa.Table, dt.date, GateSettings], tuple[pa.Array | pa.ChunkedArray | None, dict[str, object]]]
+"""A row rule's check: (orders, feed day, settings) -> (mask of failing rows, or None when the rule
+does not apply; details)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RuleOutcome:
     rule: str
@@ -54,7 +59,7 @@ class RowRule:
     name: str
     description: str
     blocking: bool
-    check: Callable[[pa.Table, dt.date, GateSettings], tuple[pa.Array | None, dict]]
+    check: RowCheck
 
     @property
     def severity(self) -> str:
@@ -91,28 +96,32 @@ class DayRule:
         return "ERROR" if self.blocking else "WARN"
 
 
-def _not_null(column: str) -> Callable:
-    def check(orders: pa.Table, day: dt.date, settings: GateSettings):
+def _not_null(column: str) -> RowCheck:
+    def check(orders: pa.Table, day: dt.date, settings: GateSettings) -> tuple[pa.ChunkedArray, dict[str, object]]:
         return pc.is_null(orders[column]), {"column": column}
 
     return check
 
 
-def _values_parse(orders, day, settings):
+def _values_parse(orders: pa.Table, day: dt.date, settings: GateSettings) -> tuple[pa.ChunkedArray, dict[str, object]]:
     return pc.greater(pc.utf8_length(pc.fill_null(orders["parse_errors"], "")), 0), {}
 
 
 REQUIRED = ["region", "amount", "currency", "event_ts", "delivered_at"]
 
 
-def _required_present(orders, day, settings):
+def _required_present(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray, dict[str, object]]:
     missing = pc.is_null(orders[REQUIRED[0]])
     for column in REQUIRED[1:]:
         missing = pc.or_(missing, pc.is_null(orders[column]))
     return missing, {"columns": ", ".join(REQUIRED)}
 
 
-def _keys_plausible(orders, day, settings):
+def _keys_plausible(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray, dict[str, object]]:
     too_long = pc.or_(
         pc.greater(pc.utf8_length(orders["order_id"]), settings.max_key_length),
         pc.greater(pc.utf8_length(orders["user_id"]), settings.max_key_length),
@@ -120,24 +129,32 @@ def _keys_plausible(orders, day, settings):
     return pc.fill_null(too_long, False), {"max_key_length": settings.max_key_length}
 
 
-def _region_matches(orders, day, settings):
+def _region_matches(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray | None, dict[str, object]]:
     if not settings.region:
         return None, {"region": "not checked"}
     other = pc.fill_null(pc.not_equal(orders["region"], settings.region), False)  # a null: required_fields_present
     return other, {"region": settings.region}
 
 
-def _amount_plausible(orders, day, settings):
+def _amount_plausible(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray, dict[str, object]]:
     amount = orders["amount"]
     implausible = pc.or_(pc.invert(pc.is_finite(amount)), pc.greater(pc.abs(amount), settings.max_amount))
     return pc.fill_null(implausible, False), {"max_amount": settings.max_amount}
 
 
-def _amount_non_negative(orders, day, settings):
+def _amount_non_negative(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray, dict[str, object]]:
     return pc.fill_null(pc.less(orders["amount"], 0), False), {}
 
 
-def _currency_known(orders, day, settings):
+def _currency_known(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray, dict[str, object]]:
     known = pc.is_in(orders["currency"], value_set=pa.array(settings.known_currencies, pa.string()))
     return pc.invert(pc.fill_null(known, False)), {"known_currencies": ", ".join(settings.known_currencies)}
 
@@ -146,13 +163,15 @@ def _day_end(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
-def _not_in_future(orders, day, settings):
+def _not_in_future(orders: pa.Table, day: dt.date, settings: GateSettings) -> tuple[pa.ChunkedArray, dict[str, object]]:
     limit = _day_end(day) + dt.timedelta(minutes=settings.future_tolerance_minutes)
     later = pc.greater(orders["event_ts"], pa.scalar(limit, pa.timestamp("us", tz="UTC")))
     return pc.fill_null(later, False), {"latest_allowed": limit.isoformat()}
 
 
-def _times_in_range(orders, day, settings):
+def _times_in_range(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray, dict[str, object]]:
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     earliest = pa.scalar(start - dt.timedelta(days=settings.max_event_age_days), pa.timestamp("us", tz="UTC"))
     latest = pa.scalar(
@@ -168,12 +187,12 @@ def _times_in_range(orders, day, settings):
     }
 
 
-def _files_readable(facts: DayFacts, day, settings):
+def _files_readable(facts: DayFacts, day: dt.date, settings: GateSettings) -> tuple[bool, dict[str, object]]:
     refused = facts.landed.refused if facts.landed else []
     return bool(refused), {"refused_files": "; ".join(refused) or "none"}
 
 
-def _schema(facts: DayFacts, day, settings):
+def _schema(facts: DayFacts, day: dt.date, settings: GateSettings) -> tuple[bool, dict[str, object]]:
     expected = {f.name: str(f.type) for f in REGIONAL_SCHEMA}
     actual = {k: v for k, v in facts.columns.items() if k in expected}
     drift = {k: f"{actual.get(k, 'missing')} (expected {v})" for k, v in expected.items() if actual.get(k) != v}
@@ -186,11 +205,11 @@ def _schema(facts: DayFacts, day, settings):
     }
 
 
-def _unique_order_id(facts: DayFacts, day, settings):
+def _unique_order_id(facts: DayFacts, day: dt.date, settings: GateSettings) -> tuple[bool, dict[str, object]]:
     return facts.repeated_ids > 0, {"failing_rows": facts.repeated_ids, "sample_keys": facts.repeated_sample}
 
 
-def _volume(facts: DayFacts, day, settings):
+def _volume(facts: DayFacts, day: dt.date, settings: GateSettings) -> tuple[bool, dict[str, object]]:
     inside = settings.min_orders_per_day <= facts.rows <= settings.max_orders_per_day
     return not inside, {
         "orders": facts.rows,
@@ -199,7 +218,7 @@ def _volume(facts: DayFacts, day, settings):
     }
 
 
-def _fresh(facts: DayFacts, day, settings):
+def _fresh(facts: DayFacts, day: dt.date, settings: GateSettings) -> tuple[bool, dict[str, object]]:
     newest = facts.newest_event
     oldest_allowed = _day_end(day) - dt.timedelta(hours=settings.freshness_lag_hours)
     stale = newest is None or pc.less(newest, pa.scalar(oldest_allowed, newest.type)).as_py()
