@@ -3,13 +3,24 @@ capped number of times, and end with exactly what a clean run writes."""
 
 import json
 import sqlite3
+import time
 
 import dagster as dg
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemotePartitionSetOrigin, RemoteRepositoryOrigin
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
+from pipeline_patterns.defs.automation import daily_orders_job
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
-from pipeline_patterns.defs.self_healing import HEALS_DAY_TAG, HealingPolicy, heal_failed_days, healing_decisions
+from pipeline_patterns.defs.self_healing import (
+    HEALS_DAY_TAG,
+    HealingPolicy,
+    backfill_days,
+    heal_failed_days,
+    healing_decisions,
+)
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib import healing
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
@@ -68,9 +79,73 @@ def test_healing_gives_up_after_the_cap_ignores_old_failures_and_never_fights_a_
         == 3
     )
     assert decide([failed(failed_at=1000.0 - 49 * 3600)])[0][0] == healing.IGNORE
-    [(action, reason)] = decide([failed()], backfills_running=["abc"])
-    assert action == healing.WAIT and "backfill abc" in reason
+    [(action, reason)] = decide([failed()], backfills_running={"abc": {"2024-01-02"}})
+    assert action == healing.WAIT and "backfill abc targets this day" in reason
     assert decide([failed(retried_by_dagster=True)])[0][0] == healing.WAIT
+
+
+def test_healing_waits_only_for_a_backfill_that_targets_the_day():
+    running = {"green": set(), "other_days": {"2024-01-03", "2024-01-04"}, "this_day": {"2024-01-01", "2024-01-02"}}
+    assert decide([failed()], backfills_running={k: running[k] for k in ("green", "other_days")}) == [
+        (healing.REQUEST, "run r1 failed; its dependencies take calls again")
+    ]
+    [(action, reason)] = decide([failed()], backfills_running=running)
+    assert (action, reason) == (healing.WAIT, "backfill this_day targets this day: healing never fights a backfill")
+
+
+def test_the_days_a_backfill_targets_are_those_of_the_daily_graph_it_writes(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    repository = pipeline_defs(tmp_path).get_repository_def()
+    origin = RemoteRepositoryOrigin(
+        code_location_origin=InProcessCodeLocationOrigin(loadable_target_origin=LoadableTargetOrigin()),
+        repository_name=repository.name,
+    )
+
+    def backfill(backfill_id, assets=None, days=("2024-01-05",), job=None):
+        if job:  # a job's backfill, as a job page launches it
+            instance.add_backfill(
+                PartitionBackfill(
+                    backfill_id,
+                    status=BulkActionStatus.REQUESTED,
+                    from_failure=False,
+                    tags={},
+                    backfill_timestamp=time.time(),
+                    partition_set_origin=RemotePartitionSetOrigin(
+                        repository_origin=origin, partition_set_name=f"{job}_partition_set"
+                    ),
+                    partition_names=list(days),
+                    asset_selection=assets,
+                )
+            )
+            return
+        instance.add_backfill(
+            PartitionBackfill.from_asset_partitions(
+                backfill_id,
+                repository.asset_graph,
+                list(days),
+                assets,
+                time.time(),
+                {},
+                instance,
+                False,
+                None,
+                None,
+                None,
+            )
+        )
+
+    backfill("green", [dg.AssetKey("green_release")], days=("2024-01-02", "2024-01-03"))
+    backfill("gate", [dg.AssetKey(["regional_orders", "us_east"])], days=("2024-01-04",))
+    backfill("daily", list(daily_orders_job.selection.resolve(repository.asset_graph)))
+    backfill("job_daily", job="daily_orders", days=("2024-01-06",))
+    backfill("job_month", job="monthly_revenue_job", days=("2024-01-01",))
+    assert backfill_days(instance, repository) == {
+        "green": set(),
+        "gate": {"2024-01-04"},
+        "daily": {"2024-01-05"},
+        "job_daily": {"2024-01-06"},
+        "job_month": set(),  # a month's partition key is its first day: not a day healing writes
+    }
 
 
 # --- the sensor over real runs -------------------------------------------------------------------
@@ -123,15 +198,20 @@ def story(spark, tmp_path_factory):
     instance.report_run_failed(instance.create_run_for_job(job, tags={"dagster/partition": KILLED}), "run worker died")
 
     cursor, ticks, decisions, runs = None, [], [], []
+    repository = pipeline_defs(data_dir).get_repository_def()
     policy = HealingPolicy(max_attempts=3)
 
     def tick() -> dg.SensorResult:
         nonlocal cursor
         breakers = [resources["source_breaker"], resources["fx_breaker"]]
-        decisions.append({d.day: d for d in healing_decisions(instance, policy, resources["lake"], source, breakers)})
+        decided = healing_decisions(instance, repository, policy, resources["lake"], source, breakers)
+        decisions.append({d.day: d for d in decided})
         needed = {k: resources[k] for k in ("lake", "source_breaker", "fx_breaker", "notifier")}
         context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={**needed, "orders_source": source, "healing_policy": policy}
+            instance=instance,
+            cursor=cursor,
+            repository_def=repository,
+            resources={**needed, "orders_source": source, "healing_policy": policy},
         )
         result = heal_failed_days(context)
         cursor = result.cursor

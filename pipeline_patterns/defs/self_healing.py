@@ -6,7 +6,11 @@ import json
 import time
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus  # not exported at the top level in 1.13
+from dagster._core.execution.backfill import (  # not exported at the top level in 1.13
+    BULK_ACTION_TERMINAL_STATUSES,
+    BulkActionsFilter,
+    BulkActionStatus,
+)
 from pydantic import Field
 
 from pipeline_patterns.defs import automation  # the module, not its job: the defs folder must see the job once
@@ -20,7 +24,7 @@ from pipeline_patterns.lib.day_window import DayWindow
 
 HEALS_DAY_TAG = "pipeline_patterns/heals_day"
 ATTEMPT_TAG = "pipeline_patterns/healing_attempt"
-REASON_TAG = "pipeline_patterns/reason"
+IN_PROGRESS = [s for s in BulkActionStatus if s not in BULK_ACTION_TERMINAL_STATUSES]
 
 
 class HealingPolicy(dg.ConfigurableResource):
@@ -68,8 +72,26 @@ def failed_days(instance: dg.DagsterInstance, lake: Lake, orders_source: OrdersS
     return found
 
 
+def backfill_days(instance: dg.DagsterInstance, repository: dg.RepositoryDefinition) -> dict[str, set[str]]:
+    """Id of each backfill in progress -> the days it targets of what a healing run writes (the
+    daily_orders job's assets): a backfill of other assets, such as a green_release build, is not in the way."""
+    healed = automation.daily_orders_job.selection.resolve(repository.asset_graph)
+    found = {}
+    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=IN_PROGRESS)):
+        if backfill.is_asset_backfill:
+            target = backfill.get_asset_backfill_data(repository.asset_graph).target_subset
+            days = {p.partition_key for p in target.iterate_asset_partitions() if p.asset_key in healed}
+        else:  # a job's backfill: its partitions, of the assets it selects (all of its job's if none)
+            name = backfill.job_name or ""
+            job_keys = repository.get_job(name).asset_layer.selected_asset_keys if repository.has_job(name) else set()
+            days = set(backfill.partition_names or []) if healed & set(backfill.asset_selection or job_keys) else set()
+        found[backfill.backfill_id] = {day for day in days if day}
+    return found
+
+
 def healing_decisions(
     instance: dg.DagsterInstance,
+    repository: dg.RepositoryDefinition,
     policy: HealingPolicy,
     lake: Lake,
     orders_source: OrdersSource,
@@ -77,14 +99,13 @@ def healing_decisions(
 ) -> list[healing.Decision]:
     """What healing decides now for every failed day."""
     statuses = [b.breaker().status() for b in breakers]
-    running = instance.get_backfills(status=BulkActionStatus.REQUESTED, limit=10)
     return healing.decide(
         failed_days(instance, lake, orders_source),
         now=time.time(),
         lookback_hours=policy.lookback_hours,
         max_attempts=policy.max_attempts,
         breakers_open={s.name: s.retry_after for s in statuses if s.retry_after > 0},
-        backfills_running=[b.backfill_id for b in running],
+        backfills_running=backfill_days(instance, repository),
     )
 
 
@@ -106,7 +127,11 @@ def heal_failed_days(
     fx_breaker: Breaker,
     notifier: Notifier,
 ) -> dg.SensorResult:
-    decisions = healing_decisions(context.instance, healing_policy, lake, orders_source, [source_breaker, fx_breaker])
+    if context.repository_def is None:  # the daemon always passes it; build_sensor_context(definitions=...) does
+        raise dg.DagsterInvariantViolationError("heal_failed_days needs the repository: its job's assets")
+    decisions = healing_decisions(
+        context.instance, context.repository_def, healing_policy, lake, orders_source, [source_breaker, fx_breaker]
+    )
     reported = json.loads(context.cursor) if context.cursor else {}
     requests, observations = [], []
     for d in decisions:
@@ -117,7 +142,7 @@ def heal_failed_days(
                     run_key=f"heal {d.day} attempt {d.attempt} after {d.run_id}",
                     job_name=automation.daily_orders_job.name,
                     partition_key=d.day,
-                    tags={HEALS_DAY_TAG: d.day, ATTEMPT_TAG: str(d.attempt), REASON_TAG: d.reason},
+                    tags={HEALS_DAY_TAG: d.day, ATTEMPT_TAG: str(d.attempt), automation.REASON_TAG: d.reason},
                 )
             )
             notifier.notify("healing_attempt", day=d.day, attempt=d.attempt, reason=d.reason, failed_run=d.run_id)

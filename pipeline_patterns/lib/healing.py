@@ -2,7 +2,7 @@
 See docs/self_healing.md."""
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 REQUEST, WAIT, GIVE_UP, IGNORE = "request", "wait", "give_up", "ignore"
 
@@ -34,13 +34,15 @@ def decide(
     lookback_hours: float,
     max_attempts: int,
     breakers_open: Mapping[str, float],
-    backfills_running: Sequence[str] = (),
+    backfills_running: Mapping[str, Collection[str]] | None = None,
 ) -> list[Decision]:
     """One decision per failed day. `breakers_open`: breaker name -> seconds until it lets a trial
-    through, for the breakers that refuse calls now; `backfills_running`: ids of backfills in progress."""
+    through, for the breakers that refuse calls now; `backfills_running`: id of each backfill in
+    progress -> the days it targets of what a healing run writes (a day waits only for those)."""
     decisions = []
     for day in sorted(failed, key=lambda d: d.day):
         waiting_for = sorted(set(day.quarantined) - set(day.corrected))
+        backfills = sorted(b for b, days in (backfills_running or {}).items() if day.day in days)
         if now - day.failed_at > lookback_hours * 3600:
             action, reason = IGNORE, f"failed more than {lookback_hours:g} h ago: outside the healing window"
         elif day.attempts >= max_attempts:
@@ -50,10 +52,10 @@ def decide(
             )
         elif day.retried_by_dagster:
             action, reason = WAIT, f"Dagster's run retries re-launch run {day.run_id}"
-        elif backfills_running:
+        elif backfills:
             action, reason = (
                 WAIT,
-                f"backfill {', '.join(backfills_running)} in progress: healing never fights a backfill",
+                f"backfill {', '.join(backfills)} targets this day: healing never fights a backfill",
             )
         elif waiting_for:
             action, reason = (
