@@ -1,48 +1,25 @@
-"""Shared fixtures: one Spark session for the whole suite (helpers live in helpers.py)."""
+"""Fixtures: one Spark session per worker and the shared scenarios, each run once per test session
+(the lanes are docs/testing.md; helpers live in helpers.py)."""
 
 import os
-import subprocess
 
+import dagster as dg
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline_patterns_tests.helpers import (
-    TEST_JVM_ENV,
-    TEST_SPARK_CONFIG,
-    class_archive,
-    class_archive_options,
-    record_class_archive,
-    stop_recording,
-)
+from pipeline_patterns_tests.helpers import TEST_JVM_ENV, TEST_SPARK_CONFIG, Scenario, materialize
 
-_OWN_JVM_OPTIONS = "JDK_JAVA_OPTIONS" in os.environ  # a user's own JVM options are left alone
 for _name, _value in TEST_JVM_ENV.items():  # before any JVM starts: the session's and every subprocess's
     os.environ.setdefault(_name, _value)
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    """The JVM options of the suite with its class-data archive (helpers.py), recorded in the
-    background if there is none yet. xdist's workers inherit the variable."""
-    if _OWN_JVM_OPTIONS or "PYTEST_XDIST_WORKER" in os.environ:
-        return
-    archive = class_archive()
-    os.environ["JDK_JAVA_OPTIONS"] = class_archive_options(archive)
-    if not archive.exists():
-        config.stash[_RECORDING] = record_class_archive(archive)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    recording = config.stash.get(_RECORDING, None)
-    if recording:
-        stop_recording(recording)
-
-
-_RECORDING = pytest.StashKey[subprocess.Popen]()
+# The scenarios several modules read. xdist sends every test that uses one to the same worker
+# (its `xdist_group`), so each is computed once per test session; a test must not write to it.
+SCENARIOS = ("default_range", "clean_days")
 
 
 @pytest.fixture(scope="session")
 def spark() -> SparkSession:
-    """The suite's one Spark session; PySparkResource's getOrCreate() picks it up."""
+    """The worker's one Spark session; PySparkResource's getOrCreate() picks it up."""
     builder = SparkSession.builder
     for key, value in TEST_SPARK_CONFIG.items():
         builder = builder.config(key, value)
@@ -51,26 +28,49 @@ def spark() -> SparkSession:
     session.stop()
 
 
-# The files by their measured time (pytest --durations), longest first: xdist hands each worker
-# the next file as it frees up, so the long ones started first never run alone at the end
-# (`--no-loadscope-reorder` in pyproject.toml keeps this order instead of xdist's by test count).
-LONGEST_FIRST = [
-    "test_engines.py",
-    "test_ui_backfill.py",
-    "test_cli.py",
-    "test_late_data.py",
-    "test_aggregates.py",
-    "test_pipeline.py",
-    "test_verify_idempotency.py",
-    "test_range_backfill.py",
-    "test_self_healing.py",
-    "test_object_storage.py",
-    "test_postgres.py",
-    "test_hostile_input.py",
-    "test_quality_gates.py",
-]
+@pytest.fixture(scope="session")
+def default_range(spark, tmp_path_factory) -> Scenario:
+    """2024-01-01..01-10 in ONE range run with the default feed (its bad region-days on), as a
+    newcomer's first backfill: ready days published, the days with a quarantined region-day held."""
+    data_dir = tmp_path_factory.mktemp("default_range")
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(data_dir, instance, first="2024-01-01", last="2024-01-10", raise_on_error=False)
+    return Scenario(data_dir, instance, [result])
 
 
+@pytest.fixture(scope="session")
+def clean_days(spark, tmp_path_factory) -> Scenario:
+    """The whole graph for the clean days 2024-01-02 and 2024-01-03, one run per day."""
+    data_dir = tmp_path_factory.mktemp("clean_days")
+    instance = dg.DagsterInstance.ephemeral()
+    results = [materialize(data_dir, instance, partition=day) for day in ("2024-01-02", "2024-01-03")]
+    return Scenario(data_dir, instance, results)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_spark(request, monkeypatch) -> None:
+    """A `unit` test that reaches Spark fails, saying so: it needs the `spark` fixture instead."""
+    if request.node.get_closest_marker("unit"):
+
+        def refuse(*_args, **_kwargs):
+            raise AssertionError(f"{request.node.name} is a unit test: request the `spark` fixture to use Spark")
+
+        monkeypatch.setattr(SparkSession.Builder, "getOrCreate", refuse)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    """Markers from what a test uses, so none can be forgotten: `spark` for a test that uses the
+    session (directly or through a scenario), `unit` for one that uses neither Spark nor a
+    subprocess; and the xdist group: the scenario it reads, else its module (module fixtures
+    stay shared, as with --dist loadfile). The tests that use Spark run first, so the quick logic
+    tests fill the end of the session, not a long pipeline test started last."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "spark" in names:
+            item.add_marker(pytest.mark.spark)
+        elif not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.unit)
+        group = next((s for s in SCENARIOS if s in names), item.path.name)
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: "spark" not in getattr(item, "fixturenames", ()))

@@ -2,7 +2,7 @@
 and fast retry and breaker timings (production timings would make the suite sleep)."""
 
 import contextlib
-import hashlib
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -10,20 +10,22 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 
 import dagster as dg
-import pyspark
+import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.definitions import defs
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.late_data import rehome_requests
+from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.resources import build_resources, spark_config
 from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Small volumes keep the suite fast; the benchmark runs the default volume and more.
@@ -33,11 +35,10 @@ TEST_MIN_ORDERS = TEST_ORDERS_PER_DAY // 5  # as the code location sizes it for 
 FAST_RETRIES = RetrySettings(base_delay=0.01, backoff_factor=2.0, max_delay=0.05, jitter=0.2, max_retries=6)
 FAST_BREAKER_RECOVERY = 0.2
 # A few hundred rows a region-day: the JIT's optimising compiler, a parallel garbage collector
-# and Spark's adaptive plans and whole-stage code generation cost more CPU than they save, and the
-# suite is CPU-bound on two cores (three one-day runs: 128 CPU s with the defaults, 63 without).
-# Results do not depend on them: test_engines compares a Connect server on Spark's default SQL
-# settings with runs on these. Every JVM the suite starts (its session, the CLI's, servers) inherits them
-# (conftest.py); SQL settings reach a subprocess's session through PYSPARK_SUBMIT_ARGS.
+# and Spark's adaptive plans and whole-stage code generation cost more CPU than they save (the
+# suite is CPU-bound on two cores). Results do not depend on them: test_engines compares a Connect
+# server on Spark's default SQL settings with runs on these. Every JVM the suite starts inherits
+# them (conftest.py); SQL settings reach a subprocess's session through PYSPARK_SUBMIT_ARGS.
 TEST_SQL_SETTINGS = {
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.codegen.wholeStage": "false",
@@ -55,79 +56,36 @@ TEST_SPARK_CONFIG = {
     "spark.sql.shuffle.partitions": "2",
     **TEST_SQL_SETTINGS,
 }
-# Every JVM of the suite loads Spark's classes from one class-data archive (JDK 17's AppCDS),
-# recorded from a small Spark workload by a process the suite starts first (conftest.py): a
-# session then starts in 2.3-4.3 s instead of 5.4-9.1 s, and its first run is a few seconds shorter. A JVM started
-# before the archive is there, or that cannot use it (another JDK, another classpath), loads its
-# classes as usual.
-CLASS_ARCHIVE_TRAINING = """
-import os, pathlib, shutil, sys
-from pyspark import SparkContext
-from pyspark.sql import SparkSession, functions as F
-from pipeline_patterns_tests.helpers import TEST_SPARK_CONFIG
-archive, recording, data = sys.argv[1:]
-builder = SparkSession.builder.config("spark.driver.extraJavaOptions", f"-XX:ArchiveClassesAtExit={recording}")
-for key, value in TEST_SPARK_CONFIG.items():
-    builder = builder.config(key, value)
-spark = builder.getOrCreate()
-(pathlib.Path(data) / "orders.csv").write_text("order_id,day,amount\\n1,2024-01-01,2.5\\n2,2024-01-02,3.0\\n1,2024-01-01,2.5\\n")
-orders = spark.read.option("header", True).csv(f"{data}/orders.csv")
-orders = orders.selectExpr("cast(order_id as long) order_id", "day", "cast(amount as double) amount")
-orders = orders.repartition("day").persist()
-orders.groupBy("day", "order_id").count().where("count > 1").groupBy("day").agg(F.collect_list("order_id")).collect()
-orders.groupBy("day").applyInArrow(lambda key, table: table, orders.schema).toArrow()
-orders.write.partitionBy("day").parquet(f"{data}/parquet")
-spark.read.parquet(f"{data}/parquet").join(orders, ["order_id", "day"]).toArrow()
-jvm = SparkContext._gateway.proc
-spark.stop()
-jvm.stdin.close()  # the JVM exits at the end of its input, and writes the archive as it exits
-jvm.wait()
-shutil.rmtree(data)
-os.replace(recording, archive)  # whole or not at all, whoever else records it at the same time
-"""
+# Every table the daily graph writes, by its lake path.
+LAYERS = ("regional_orders", "quarantined_orders", "late_orders")
+TABLES = [f"{layer}/{region_key(r)}" for layer in LAYERS for r in REGIONS] + ["global_orders", "daily_revenue"]
 
 
-def class_archive() -> pathlib.Path:
-    """Where the suite keeps the class-data archive of this java, this Spark installation and
-    these options. An archive maps only into a JVM of the same java and the same classpath:
-    pyspark's jars, where this environment installed them (another clone's venv has its own)."""
-    java = shutil.which("java", path=f"{os.environ.get('JAVA_HOME', '')}/bin:{os.environ.get('PATH', '')}")
-    jars = os.path.realpath(os.path.join(os.path.dirname(pyspark.__file__), "jars"))
-    recorded_by = (
-        f"{java and os.path.realpath(java)} {jars} {pyspark.__version__} {TEST_JVM_ENV} {CLASS_ARCHIVE_TRAINING}"
-    )
-    key = hashlib.sha256(recorded_by.encode()).hexdigest()[:12]
-    return pathlib.Path(tempfile.gettempdir()) / "pipeline_patterns_tests" / f"spark-classes-{key}.jsa"
+def lake_table(data_dir: pathlib.Path, name: str) -> pa.Table:
+    return read_table(str(data_dir / "lake" / name))
 
 
-def class_archive_options(archive: pathlib.Path) -> str:
-    """The test JVM options, with the classes from `archive` once it exists (silently without)."""
-    return f"{TEST_JVM_ENV['JDK_JAVA_OPTIONS']} -Xlog:cds=off -Xlog:cds+dynamic=off -XX:SharedArchiveFile={archive}"
+def lake_hashes(data_dir: pathlib.Path, names: list[str] = TABLES) -> dict[str, str]:
+    """The content of each table, without the audit columns (run ids, times) a re-run changes."""
+    return {name: content_hash(lake_table(data_dir, name), exclude=AUDIT_COLUMNS) for name in names}
 
 
-def record_class_archive(archive: pathlib.Path) -> subprocess.Popen:
-    """Start recording `archive` in the background: a Spark session runs CLASS_ARCHIVE_TRAINING,
-    and its JVM writes the classes it loaded as it exits."""
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    recording = archive.with_suffix(f".{os.getpid()}.tmp")
-    return subprocess.Popen(
-        [sys.executable, "-c", CLASS_ARCHIVE_TRAINING, str(archive), str(recording), tempfile.mkdtemp()],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **TEST_JVM_ENV, "JDK_JAVA_OPTIONS": f"{TEST_JVM_ENV['JDK_JAVA_OPTIONS']} -Xlog:cds=off"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A lake built once per test session (conftest.py) and the runs that built it: read only."""
 
+    data_dir: pathlib.Path
+    instance: dg.DagsterInstance
+    results: list[dg.ExecuteInProcessResult]
 
-def stop_recording(recording: subprocess.Popen) -> None:
-    """Stop a recording still under way (the suite ended first), and remove its files."""
-    if recording.poll() is None:
-        os.killpg(recording.pid, signal.SIGKILL)  # exactly its process group
-        recording.wait()
-        *_, partial, data = recording.args
-        pathlib.Path(partial).unlink(missing_ok=True)
-        shutil.rmtree(data, ignore_errors=True)
+    @property
+    def result(self) -> dg.ExecuteInProcessResult:
+        return self.results[-1]
+
+    def copy_to(self, target: pathlib.Path) -> pathlib.Path:
+        """A writable copy of the data dir (landing, lake, breakers) for a test that changes it."""
+        shutil.copytree(self.data_dir, target, symlinks=True)
+        return target
 
 
 # Subprocesses (`dagster asset materialize`, `dagster dev`) run at the same test volume.

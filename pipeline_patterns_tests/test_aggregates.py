@@ -16,7 +16,6 @@ from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, region_day_defects
 from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, catch_up_late_data, materialize, pipeline_defs
 
-pytestmark = pytest.mark.spark
 DAILY = dg.AssetKey("daily_revenue")
 MONTHLY = dg.AssetKey("monthly_revenue")
 SUMMARY = dg.AssetKey("revenue_summary")

@@ -1,15 +1,17 @@
 """Alerts reach people where they read them: a JSON webhook (with retries) and Slack, besides
 the JSON-lines file; a lost alert is recorded, never raised into the pipeline."""
 
+import datetime as dt
 import http.server
 import json
 import threading
 
-import dagster as dg
 import pytest
 
+from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.resilience import Notifier
-from pipeline_patterns_tests.helpers import materialize
+from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_defects
+from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY
 
 
 class Receiver(http.server.ThreadingHTTPServer):
@@ -58,6 +60,7 @@ def test_a_webhook_event_is_retried_until_delivered_once(receiver, tmp_path):
     notifier = Notifier(path=str(tmp_path / "n.jsonl"), webhook_url=receiver.url + "/hook", webhook_base_delay=0.01)
     notifier.notify("days_held", held={"2024-01-05": ["us-east: quarantined (user_id_not_null)"]})
     assert len(receiver.received) == 3  # two 503s, then delivered
+    assert [json.loads(body) for _, body in receiver.received] == lines(tmp_path / "n.jsonl") * 3  # the same record
     payloads = [json.loads(body) for _, body in receiver.received]
     assert {p["event"] for p in payloads} == {"days_held"} and payloads[-1]["held"]["2024-01-05"]
     assert [e["event"] for e in lines(tmp_path / "n.jsonl")] == ["days_held"]
@@ -88,23 +91,18 @@ def test_slack_gets_one_message_per_event_through_dagster_slack(receiver, tmp_pa
     assert "breaker_state_changed" in message["text"]
 
 
-@pytest.mark.spark
-def test_a_range_run_sends_its_quarantined_and_held_days_to_the_webhook(spark, receiver, tmp_path):
-    notifier = Notifier(path=str(tmp_path / "n.jsonl"), webhook_url=receiver.url)
-    materialize(
-        tmp_path,
-        dg.DagsterInstance.ephemeral(),
-        first="2024-01-04",
-        last="2024-01-06",
-        raise_on_error=False,
-        resources={"notifier": notifier},
+def test_a_range_run_reports_each_quarantined_region_day_and_its_held_days_once(default_range):
+    """The shared default-config range (conftest.py); the webhook gets these same records (above)."""
+    feed = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
+    days = [dt.date(2024, 1, 1) + dt.timedelta(i) for i in range(10)]
+    bad = sorted(
+        (r, d.isoformat())
+        for d in days
+        for r in REGIONS
+        if {"null_user_ids", "collapsed_volume"} & set(region_day_defects(r, d, feed).defects)
     )
-    events = [json.loads(body) for _, body in receiver.received]
-    assert sorted(
-        (e["event"], e.get("region"), e.get("day")) for e in events if e["event"] == "region_day_quarantined"
-    ) == [
-        ("region_day_quarantined", "eu-west", "2024-01-05"),
-        ("region_day_quarantined", "us-east", "2024-01-05"),
-    ]
+    events = lines(default_range.data_dir / "notifications.jsonl")
+    quarantined = sorted((e["region"], e["day"]) for e in events if e["event"] == "region_day_quarantined")
+    assert quarantined == bad
     held = [e for e in events if e["event"] == "days_held"]
-    assert len(held) == 1 and list(held[0]["held"]) == ["2024-01-05"]
+    assert len(held) == 1 and list(held[0]["held"]) == sorted({d for _, d in bad})

@@ -18,7 +18,6 @@ from pipeline_patterns.lib import blue_green
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns_tests.helpers import materialize, pipeline_defs
 
-pytestmark = pytest.mark.spark
 FIRST, LAST = "2024-01-02", "2024-01-04"
 TABLES = list(PUBLISHED)
 

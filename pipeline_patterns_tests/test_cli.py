@@ -14,7 +14,7 @@ import pytest
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, materialize
 
-pytestmark = pytest.mark.subprocess
+pytestmark = pytest.mark.integration
 
 TABLES = [
     "regional_orders/us_east",

@@ -138,7 +138,6 @@ def test_a_refused_commit_leaves_the_table_unchanged_and_removes_its_files(tmp_p
     assert not os.path.exists(f"{uri}/staged-b")
 
 
-@pytest.mark.spark
 def test_a_writer_killed_between_its_files_and_its_commit_leaves_the_table_unchanged(spark, tmp_path, monkeypatch):
     uri = str(tmp_path / "t")
     write_window(spark.createDataFrame(rows(days(0, 3), "old")), uri, days(0, 3), SCHEMA)
@@ -199,7 +198,6 @@ def test_writers_that_both_saw_the_window_empty_still_end_as_one_copy(tmp_path, 
     assert content_hash(read_table(uri)) == content_hash(expected)
 
 
-@pytest.mark.spark
 def test_spark_reads_exactly_the_snapshot_not_the_folder(spark, tmp_path):
     uri = str(tmp_path / "t")
     write_window(spark.createDataFrame(rows(days(0, 3), "v0")), uri, days(0, 3), SCHEMA)

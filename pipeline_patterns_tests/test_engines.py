@@ -21,7 +21,7 @@ from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, free_port, materialize, serving
 
-pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
+pytestmark = pytest.mark.integration
 SPARK_HOME = pathlib.Path(pyspark.__file__).parent
 FIRST, LAST = "2024-01-02", "2024-01-03"
 TABLES = ["global_orders", "daily_revenue"] + [

@@ -24,9 +24,7 @@ from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.orders import landed_rows
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 from pipeline_patterns.lib.rules import RULES
-from pipeline_patterns_tests.helpers import all_assets, pipeline_resources
-
-pytestmark = pytest.mark.spark
+from pipeline_patterns_tests.helpers import materialize
 
 FIRST = dt.date(2024, 1, 1)
 HEADER = "order_id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
@@ -219,15 +217,13 @@ def _land(root: pathlib.Path) -> None:
 
 def _run(data_dir: pathlib.Path) -> dg.ExecuteInProcessResult:
     days = sorted(DAYS.values())
-    return dg.materialize(
-        all_assets(),
+    return materialize(
+        data_dir,
+        dg.DagsterInstance.ephemeral(),
+        first=days[0],
+        last=days[-1],
         selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
-        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
-        resources={
-            **pipeline_resources(data_dir),
-            "quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
+        resources={"quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24)},
         raise_on_error=False,
     )
 
@@ -305,12 +301,12 @@ def test_every_landed_record_ends_in_exactly_one_place(battery, name):
 
 def test_a_day_never_landed_fails_the_step_naming_asset_region_day_and_remedy(spark, tmp_path):
     landing.land(tmp_path / "landing", "us-east", FIRST, "hand-made", {"good.csv": good(FIRST.isoformat())})
-    result = dg.materialize(
-        all_assets(),
+    result = materialize(
+        tmp_path,
+        dg.DagsterInstance.ephemeral(),
+        first="2024-01-01",
+        last="2024-01-03",
         selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
-        tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"},
-        resources=pipeline_resources(tmp_path),
-        instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
     [failure] = [e for e in result.all_events if e.is_step_failure]

@@ -24,7 +24,7 @@ from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 from pipeline_patterns.lib.spark_tables import read_window, write_window
 from pipeline_patterns_tests.helpers import free_port, materialize, serving
 
-pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
+pytestmark = pytest.mark.integration
 FIRST, LAST = "2024-01-02", "2024-01-03"
 TABLES = ["global_orders", "daily_revenue"] + [
     f"{layer}/{region_key(r)}" for r in REGIONS for layer in ("regional_orders", "quarantined_orders", "late_orders")

@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from pipeline_patterns.defs.partitions import REGIONS, region_key
-from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns.lib.delta_writes import content_hash
 from pipeline_patterns.lib.simulated_feed import (
     FeedSettings,
     expected_day_orders,
@@ -17,21 +17,17 @@ from pipeline_patterns.lib.simulated_feed import (
     region_day_defects,
     usd_rate,
 )
-from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, pipeline_defs
-
-pytestmark = pytest.mark.spark
+from pipeline_patterns_tests.helpers import (
+    TABLES,
+    TEST_ORDERS_PER_DAY,
+    lake_hashes,
+    lake_table,
+    materialize,
+    pipeline_defs,
+)
 
 SETTINGS = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
 DAYS = [dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)]
-TABLES = [f"regional_orders/{region_key(r)}" for r in REGIONS] + ["global_orders", "daily_revenue"]
-
-
-def lake_table(data_dir, name: str) -> pa.Table:
-    return read_table(str(data_dir / "lake" / name))
-
-
-def lake_hashes(data_dir) -> dict[str, str]:
-    return {name: content_hash(lake_table(data_dir, name)) for name in TABLES}
 
 
 def as_records(table: pa.Table) -> set[tuple]:
@@ -53,13 +49,10 @@ def as_records(table: pa.Table) -> set[tuple]:
     )
 
 
-@pytest.fixture(scope="module")
-def two_days(spark, tmp_path_factory):
-    """The whole graph materialized for 2024-01-02 and 2024-01-03, one run per day."""
-    data_dir = tmp_path_factory.mktemp("two_days")
-    instance = dg.DagsterInstance.ephemeral()
-    results = [materialize(data_dir, instance, partition=d.isoformat()) for d in DAYS[:2]]
-    return data_dir, instance, results
+@pytest.fixture
+def two_days(clean_days):
+    """The shared clean scenario (conftest.py): the whole graph for 2024-01-02 and 01-03, a run each."""
+    return clean_days.data_dir, clean_days.instance, clean_days.results
 
 
 def test_regional_tables_hold_exactly_the_simulated_orders_once(two_days):
@@ -159,19 +152,18 @@ def test_every_delta_commit_carries_the_run_id(two_days):
         assert {h["dagster_run_id"] for h in history} == run_ids
 
 
-def test_rerunning_a_partition_leaves_identical_content(spark, tmp_path):
+def test_rerunning_a_partition_leaves_identical_content(clean_days, tmp_path):
+    data_dir = clean_days.copy_to(tmp_path / "data")
     instance = dg.DagsterInstance.ephemeral()
-    materialize(tmp_path, instance, partition="2024-01-03")
-    materialize(tmp_path, instance, partition="2024-01-02")  # after 01-03: it holds 01-03's late orders
-    before = lake_hashes(tmp_path)
-    materialize(tmp_path, instance, partition="2024-01-02")
-    materialize(tmp_path, instance, partition="2024-01-02")
-    assert lake_hashes(tmp_path) == before
+    materialize(data_dir, instance, partition="2024-01-02")  # after 01-03: it takes in 01-03's late orders
+    before = lake_hashes(data_dir)
+    materialize(data_dir, instance, partition="2024-01-02")
+    assert lake_hashes(data_dir) == before
     # and the re-runs replaced their own day only: the neighbour day was written once
-    history = DeltaTable(str(tmp_path / "lake" / "global_orders")).history()
+    history = DeltaTable(str(data_dir / "lake" / "global_orders")).history()
     assert [h["dagster_partitions"] for h in reversed(history)] == [
-        "2024-01-03",
         "2024-01-02",
+        "2024-01-03",
         "2024-01-02",
         "2024-01-02",
     ]

@@ -19,7 +19,7 @@ import yaml
 from pipeline_patterns.lib.breaker import OPEN, CircuitBreaker
 from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, free_port, serving
 
-pytestmark = pytest.mark.subprocess
+pytestmark = pytest.mark.integration
 VARIANT = PROJECT_ROOT / "pipeline_patterns" / "deploy" / "dagster.postgres.yaml"
 
 

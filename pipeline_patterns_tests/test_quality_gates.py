@@ -5,20 +5,20 @@ import gzip
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import read_table
+from pipeline_patterns.lib.quarantine import judge
 from pipeline_patterns.lib.rules import RULES, DayJudge, GateSettings, evaluate_day
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_defects
 from pipeline_patterns_tests.helpers import (
     TEST_MIN_ORDERS,
     TEST_ORDERS_PER_DAY,
-    all_assets,
     materialize,
-    pipeline_resources,
 )
 
 DAY = dt.date(2024, 1, 2)
@@ -113,42 +113,43 @@ def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str]
     return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
 
 
-@pytest.mark.spark
-def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(spark, tmp_path):
+def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(default_range):
+    """Over the first five days of the shared default-config range (conftest.py)."""
+    five = [(dt.date(2024, 1, 1) + dt.timedelta(i)).isoformat() for i in range(5)]
     bad = {("eu-west", "2024-01-01"), ("us-east", "2024-01-05"), ("eu-west", "2024-01-05")}
     feed = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
     listed = {
-        (r, (dt.date(2024, 1, 1) + dt.timedelta(i)).isoformat())
-        for r in REGIONS
-        for i in range(5)
-        if region_day_defects(r, dt.date(2024, 1, 1) + dt.timedelta(i), feed).null_user_ids
+        (r, d) for r in REGIONS for d in five if region_day_defects(r, dt.date.fromisoformat(d), feed).null_user_ids
     }
     assert listed == bad  # what `pipeline-patterns source defects` announces
-    instance = dg.DagsterInstance.ephemeral()
-    result = materialize(tmp_path, instance, first="2024-01-01", last="2024-01-05", raise_on_error=False)
+    data_dir, result = default_range.data_dir, default_range.result
     assert not result.success  # the run reports the held days
     global_days = {
         e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["global_orders"]
     }
-    assert global_days == {"2024-01-02", "2024-01-03", "2024-01-04"}
+    assert global_days & set(five) == {"2024-01-02", "2024-01-03", "2024-01-04"}
 
-    quarantined = quarantine(tmp_path)
+    quarantined = quarantine(data_dir)
+    quarantined = quarantined.filter(pc.is_in(quarantined["day"], value_set=pa.array(five)))
     assert set(zip(quarantined["region"].to_pylist(), quarantined["day"].to_pylist(), strict=True)) == bad
     assert set(quarantined["failed_checks"].to_pylist()) == {"user_id_not_null"}
     assert all("user_id_not_null" in r for r in quarantined["reason"].to_pylist())
     assert set(quarantined["quarantined_by_run"].to_pylist()) == {result.run_id}
-    evaluations = check_evaluations(result)
-    assert evaluations[("regional_orders/eu_west", "user_id_not_null")] is False
-    assert evaluations[("regional_orders/us_west", "user_id_not_null")] is True
+    evaluations = {
+        (e.asset_key.to_user_string(), e.check_name, e.partition): e.passed
+        for e in result.get_asset_check_evaluations()
+        if e.partition in five
+    }
+    assert evaluations[("regional_orders/eu_west", "user_id_not_null", "2024-01-01")] is False
+    assert all(evaluations[("regional_orders/us_west", "user_id_not_null", d)] for d in five)
     for region in REGIONS:
         key = f"regional_orders/{region.replace('-', '_')}"
-        assert evaluations[(key, "rows_accounted")] is True
-        clean = read_table(str(tmp_path / "lake" / "regional_orders" / region.replace("-", "_")))
+        assert all(evaluations[(key, "rows_accounted", d)] for d in five)
+        clean = read_table(str(data_dir / "lake" / "regional_orders" / region.replace("-", "_")))
         clean_days = set(clean["day"].to_pylist())
         assert clean_days.isdisjoint({d for r, d in bad if r == region})  # the clean partition stays empty
 
 
-@pytest.mark.spark
 def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
     result = materialize(
         tmp_path,
@@ -168,7 +169,6 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
     assert quarantine(tmp_path).num_rows == 8
 
 
-@pytest.mark.spark
 def test_a_quarantined_day_moves_to_the_clean_table_once_its_source_is_fixed(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     selection = ["raw_orders/us_east", "regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"]
@@ -192,7 +192,6 @@ GOOD = "o{i},u{i},us-east,12.50,USD,2024-01-02T10:00:00Z,b00,2024-01-02T12:00:00
 # The battery of hostile inputs, one per day of a range run, is test_hostile_input.py.
 
 
-@pytest.mark.spark
 def test_a_compressed_file_is_refused_unread_and_quarantines_its_region_day_naming_it(spark, tmp_path):
     """Its lines cannot be read as records: the file is refused (named, left in the landing zone),
     the day's other rows go to quarantine, and the accounting holds over the files read."""
@@ -215,7 +214,6 @@ def test_a_compressed_file_is_refused_unread_and_quarantines_its_region_day_nami
     assert check_evaluations(result)[("regional_orders/us_east", "rows_accounted")] is True
 
 
-@pytest.mark.spark
 def test_a_region_day_of_empty_files_fails_the_volume_gate(spark, tmp_path):
     landing.land(tmp_path / "landing", "us-east", DAY, "empty", {"b00.csv": b"", "b01.csv": f"{HEADER}\n".encode()})
     result = _materialize_small(tmp_path)
@@ -226,20 +224,16 @@ def test_a_region_day_of_empty_files_fails_the_volume_gate(spark, tmp_path):
 
 def _materialize_small(data_dir) -> dg.ExecuteInProcessResult:
     """The regional step over hand-landed files, with volume bounds that fit three orders."""
-    return dg.materialize(
-        all_assets(),
+    return materialize(
+        data_dir,
+        dg.DagsterInstance.ephemeral(),
+        partition=DAY.isoformat(),
         selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
-        partition_key=DAY.isoformat(),
-        resources={
-            **pipeline_resources(data_dir),
-            "quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
+        resources={"quality_gates": QualityGates(min_orders_per_day=1, freshness_lag_hours=24)},
         raise_on_error=False,
     )
 
 
-@pytest.mark.spark
 def test_schema_drift_in_a_landed_header_is_quarantined(spark, tmp_path):
     drifted = "id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
     landing.land(
@@ -251,24 +245,14 @@ def test_schema_drift_in_a_landed_header_is_quarantined(spark, tmp_path):
     assert not schema.passed
 
 
-@pytest.mark.spark
-def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp_path):
-    result = materialize(
-        tmp_path,
-        dg.DagsterInstance.ephemeral(),
-        first="2024-01-04",
-        last="2024-01-06",
-        selection=[
-            "raw_orders/us_east",
-            "regional_orders/us_east",
-            "quarantined_orders/us_east",
-            "late_orders/us_east",
-        ],
-    )
-    assert result.success  # a quarantined day is the designed branch, not a failure
+def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(default_range):
+    result = default_range.result
+    # a quarantined day is the designed branch, not a failure: only the fan-in, which holds its day, fails
+    assert {e.step_key for e in result.all_events if e.is_step_failure} == {"global_orders_and_daily_revenue"}
     per_day = {
         (e.asset_key.path[0], e.partition): e.materialization.metadata
         for e in result.get_asset_materialization_events()
+        if e.asset_key.path[1:] == ["us_east"]
     }
     assert per_day[("regional_orders", "2024-01-05")]["branch"].value == "quarantined: user_id_not_null"
     assert per_day[("regional_orders", "2024-01-05")]["dagster/row_count"].value == 0
@@ -278,11 +262,53 @@ def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(spark, tmp
         assert per_day[("regional_orders", day)]["branch"].value == "processed"
         assert per_day[("regional_orders", day)]["dagster/row_count"].value == TEST_ORDERS_PER_DAY
         assert per_day[("quarantined_orders", day)]["dagster/row_count"].value == 0
-    evaluations = [e for e in result.get_asset_check_evaluations() if e.check_name == "user_id_not_null"]
+    evaluations = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "user_id_not_null" and e.asset_key.path == ["regional_orders", "us_east"]
+    ]
+    feed = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
+    days = [(dt.date(2024, 1, 1) + dt.timedelta(i)) for i in range(10)]
+    failing = [d.isoformat() for d in days if region_day_defects("us-east", d, feed).null_user_ids]
+    assert "2024-01-05" in failing
     gate = next(e for e in evaluations if e.partition is None)  # the range's summary
-    assert not gate.passed and gate.metadata["failing_days"].value == "2024-01-05"
-    assert {e.partition: e.passed for e in evaluations if e.partition} == {  # and each day's own verdict
-        "2024-01-04": True,
-        "2024-01-05": False,
-        "2024-01-06": True,
-    }
+    assert not gate.passed and gate.metadata["failing_days"].value == ", ".join(failing)
+    verdicts = {e.partition: e.passed for e in evaluations if e.partition}  # and each day's own verdict
+    assert verdicts == {d.isoformat(): d.isoformat() not in failing for d in days}
+
+
+def staged(table: pa.Table, duplicates: list[int], superseded: list[int]) -> pa.Table:
+    """`table` as the parse and deduplication stage hands it to the gates: each kept row with the
+    count of true copies and of older versions dropped for it."""
+    return table.append_column("duplicates", pa.array(duplicates, pa.int64())).append_column(
+        "superseded", pa.array(superseded, pa.int64())
+    )
+
+
+def test_a_good_region_day_is_processed_and_every_landed_row_is_accounted():
+    verdict = judge(
+        DAY.isoformat(), [staged(orders(), [1, 0, 0], [0, 1, 0])], landed=landed_records(5), settings=SETTINGS
+    )
+    assert verdict.branch == "processed" and verdict.failed_checks == []
+    assert (verdict.clean_rows, verdict.quarantined_rows, verdict.duplicates, verdict.superseded) == (3, 0, 1, 1)
+    assert verdict.accounted  # 5 landed = 3 kept + 1 copy + 1 older version
+
+
+def test_one_failed_blocking_rule_sends_the_whole_region_day_to_quarantine_naming_it():
+    bad = orders(user_id=[None, "u2", "u3"])
+    verdict = judge(DAY.isoformat(), [staged(bad, [0, 0, 0], [0, 0, 0])], landed=landed_records(3), settings=SETTINGS)
+    assert verdict.branch == "quarantined" and verdict.failed_checks == ["user_id_not_null"]
+    assert (verdict.clean_rows, verdict.quarantined_rows) == (0, 3)
+    assert verdict.reason == "user_id_not_null: 1 of 3 rows (e.g. o1); the whole day quarantined"
+    assert verdict.accounted
+
+
+def test_a_landed_row_the_stages_lost_breaks_the_accounting():
+    verdict = judge(
+        DAY.isoformat(), [staged(orders(), [0, 0, 0], [0, 0, 0])], landed=landed_records(4), settings=SETTINGS
+    )
+    assert not verdict.accounted  # 4 landed, 3 kept, none dropped as a copy: one row unaccounted
+
+
+def landed_records(records: int) -> landing.LandedDay:
+    return landing.LandedDay("us-east", DAY.isoformat(), ["b00.csv"], records, [], [])

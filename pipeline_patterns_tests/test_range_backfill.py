@@ -14,7 +14,7 @@ from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.day_window import DayWindow
-from pipeline_patterns.lib.delta_writes import content_hash, read_table
+from pipeline_patterns.lib.delta_writes import content_hash
 from pipeline_patterns.lib.fan_in import fx_day, global_orders_table
 from pipeline_patterns.lib.late_data import LATE_SCHEMA
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA, daily_revenue_table, regional_orders_frame
@@ -27,12 +27,10 @@ from pipeline_patterns.lib.simulated_feed import (
     region_day_defects,
     usd_rate,
 )
-from pipeline_patterns_tests.helpers import TEST_MIN_ORDERS, TEST_ORDERS_PER_DAY, materialize
-
-pytestmark = pytest.mark.spark
+from pipeline_patterns_tests.helpers import TEST_MIN_ORDERS, TEST_ORDERS_PER_DAY, lake_hashes, lake_table, materialize
 
 SETTINGS = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
-DAYS = [(dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(10)]
+DAYS = [(dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(10)]  # the default_range scenario
 # what `pipeline-patterns source defects` announces for these days
 BAD = {
     (r, d)
@@ -44,25 +42,10 @@ HELD = sorted({d for _, d in BAD})
 READY = [d for d in DAYS if d not in HELD]
 
 
-def table(data_dir, name: str) -> pa.Table:
-    return read_table(str(data_dir / "lake" / name))
-
-
-def hashes(data_dir) -> dict[str, str]:
-    names = ["global_orders", "daily_revenue"] + [
-        f"{layer}/{region_key(r)}"
-        for r in REGIONS
-        for layer in ("regional_orders", "quarantined_orders", "late_orders")
-    ]
-    return {name: content_hash(table(data_dir, name), exclude=AUDIT_COLUMNS) for name in names}
-
-
-@pytest.fixture(scope="module")
-def backfill(spark, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("range")
-    instance = dg.DagsterInstance.ephemeral()
-    result = materialize(data_dir, instance, first=DAYS[0], last=DAYS[-1], raise_on_error=False)
-    return data_dir, instance, result
+@pytest.fixture
+def backfill(default_range):
+    """The shared default-config range (conftest.py): 2024-01-01..01-10 in one run."""
+    return default_range.data_dir, default_range.instance, default_range.result
 
 
 def test_the_range_has_bad_region_days_on_more_than_one_day():
@@ -71,7 +54,7 @@ def test_the_range_has_bad_region_days_on_more_than_one_day():
 
 def test_one_run_processes_every_ready_day_and_holds_exactly_the_days_with_a_bad_region_day(backfill):
     data_dir, _, result = backfill
-    orders = table(data_dir, "global_orders")
+    orders = lake_table(data_dir, "global_orders")
     assert sorted(set(orders["day"].to_pylist())) == READY
     middle = READY[len(READY) // 2]
     rows = orders.filter(pc.equal(orders["day"], middle))
@@ -81,7 +64,7 @@ def test_one_run_processes_every_ready_day_and_holds_exactly_the_days_with_a_bad
     assert sorted(rows["order_id"].to_pylist()) == sorted(expected["order_id"].to_pylist())
     feed_days = {i.split("-")[-2] for i in rows["order_id"].to_pylist()}  # ids name their feed day
     assert len(feed_days) > 1, "late orders of later feed days are counted in their event day"
-    revenue = table(data_dir, "daily_revenue")
+    revenue = lake_table(data_dir, "daily_revenue")
     assert sorted(set(revenue["day"].to_pylist())) == READY and revenue.num_rows == len(READY) * len(REGIONS)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_key == "global_orders_and_daily_revenue"
@@ -94,7 +77,7 @@ def test_one_run_processes_every_ready_day_and_holds_exactly_the_days_with_a_bad
 def test_the_quarantine_holds_exactly_the_bad_region_days_rows(backfill):
     data_dir, _, _ = backfill
     for region in REGIONS:
-        quarantined = table(data_dir, f"quarantined_orders/{region_key(region)}")
+        quarantined = lake_table(data_dir, f"quarantined_orders/{region_key(region)}")
         bad_days = sorted(d for r, d in BAD if r == region)
         assert sorted(set(quarantined["day"].to_pylist())) == bad_days
         for day in bad_days:
@@ -152,7 +135,7 @@ def test_rerunning_overlapping_ranges_in_another_order_leaves_identical_content(
     materialize(tmp_path, instance, first=DAYS[4], last=DAYS[-1], raise_on_error=False)
     materialize(tmp_path, instance, first=DAYS[0], last=DAYS[6], raise_on_error=False)
     materialize(tmp_path, instance, partition=DAYS[5], raise_on_error=False)
-    assert hashes(tmp_path) == hashes(data_dir)
+    assert lake_hashes(tmp_path) == lake_hashes(data_dir)
 
 
 def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(spark, tmp_path):
@@ -160,10 +143,10 @@ def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(s
     corrected = [f"{r} {d}" for r, d in sorted(BAD)]
     for day in HELD:  # "backfill only failed and missing": each held day is its own block here
         assert materialize(tmp_path, instance, partition=day, corrected=corrected).success
-    orders = table(tmp_path, "global_orders")
+    orders = lake_table(tmp_path, "global_orders")
     assert sorted(set(orders["day"].to_pylist())) == HELD
     for region in REGIONS:
-        assert table(tmp_path, f"quarantined_orders/{region_key(region)}").num_rows == 0
+        assert lake_table(tmp_path, f"quarantined_orders/{region_key(region)}").num_rows == 0
 
 
 def test_every_check_has_a_verdict_for_every_day_of_the_range(backfill):
@@ -249,4 +232,4 @@ def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark)
     expected["global_orders"] = content_hash(global_orders)
     expected["daily_revenue"] = content_hash(daily_revenue_table(global_orders))
     assert held == set(HELD)
-    assert hashes(data_dir) == expected
+    assert lake_hashes(data_dir) == expected

@@ -111,13 +111,13 @@ def instance():
         yield instance
 
 
-def materialize(instance, key: dg.AssetKey, day: str = DAY) -> None:
+def report_materialized(instance, key: dg.AssetKey, day: str = DAY) -> None:
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=day))
 
 
 def materialize_region(instance, region: str, day: str = DAY) -> None:
     for key in region_day_assets(region)[1:]:  # the step's three outputs; the landing needs no status
-        materialize(instance, key, day)
+        report_materialized(instance, key, day)
 
 
 def requested(instance, now, lookback=1):
@@ -197,8 +197,8 @@ def test_the_global_day_waits_until_its_last_region_is_ready_and_all_four_are_ma
 def test_a_materialized_global_day_is_not_requested_again(instance):
     for region in REGIONS:
         materialize_region(instance, region)
-    materialize(instance, dg.AssetKey("global_orders"))
-    materialize(instance, dg.AssetKey("daily_revenue"))
+    report_materialized(instance, dg.AssetKey("global_orders"))
+    report_materialized(instance, dg.AssetKey("daily_revenue"))
     names, _, waits = requested(instance, utc("2024-01-06T12:00"), lookback=1)
     assert not any(n.endswith(DAY) for n in names)
     assert not any(w.startswith(DAY) for w in waits)

@@ -17,7 +17,6 @@ from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders
 from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, all_assets, pipeline_resources
 
-pytestmark = pytest.mark.spark
 FAST = RetrySettings(base_delay=0.01, backoff_factor=2.0, max_delay=0.05, jitter=0.2, max_retries=25)
 
 
@@ -155,7 +154,7 @@ def test_a_non_retryable_error_fails_at_once_without_retries(spark, tmp_path):
     assert CircuitBreaker("orders_source", str(tmp_path / "breakers.sqlite")).status().consecutive_failures == 0
 
 
-@pytest.mark.subprocess
+@pytest.mark.integration
 def test_the_breaker_command_shows_and_resets_a_shared_breaker(tmp_path):
     store = str(tmp_path / "breakers.sqlite")
     breaker = CircuitBreaker("orders_source", store, failure_threshold=1, recovery_timeout=600)

@@ -34,7 +34,6 @@ from pipeline_patterns_tests.helpers import (
     pipeline_resources,
 )
 
-pytestmark = pytest.mark.spark
 DAILY_REVENUE = dg.AssetKey("daily_revenue")
 OUTAGE = ["2024-01-04", "2024-01-05", "2024-01-06"]  # failed by a feed outage; 01-05 is then held (quarantine)
 HELD = "2024-01-05"  # us-east and eu-west deliver null user ids that day (test volume)

@@ -90,7 +90,7 @@ def test_fault_injection_fails_calls_at_the_configured_rate_and_during_outages()
     down.check("feed", now + dt.timedelta(minutes=2))
 
 
-@pytest.mark.subprocess
+@pytest.mark.integration
 def test_the_defects_command_lists_region_days_as_json_lines():
     out = subprocess.run(
         [

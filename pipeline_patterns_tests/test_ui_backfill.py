@@ -22,7 +22,7 @@ from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, expected_day_orders, region_day_defects
 from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_PER_DAY, free_port, interruptible
 
-pytestmark = pytest.mark.subprocess
+pytestmark = pytest.mark.integration
 
 LOCATION = "pipeline_patterns"
 DAYS = ["2024-01-04", "2024-01-05", "2024-01-06"]

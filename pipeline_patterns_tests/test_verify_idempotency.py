@@ -146,7 +146,7 @@ def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0
     assert landing_fingerprint(live) == landing_before
 
 
-@pytest.mark.subprocess
+@pytest.mark.integration
 def test_the_cli_ends_quietly_when_its_reader_closes_the_pipe():
     piped = subprocess.run(
         [
