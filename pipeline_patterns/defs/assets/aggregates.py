@@ -15,7 +15,7 @@ DAILY_REVENUE = dg.AssetKey("daily_revenue")
     ins={"daily": dg.AssetIn(key=DAILY_REVENUE, partition_mapping=dg.TimeWindowPartitionMapping())},
     partitions_def=monthly_partitions,
     backfill_policy=single_run,
-    group_name="revenue",
+    group_name="aggregates",
     io_manager_key="lake_io_manager",
     metadata={"partition_column": "month"},
     kinds={"pyarrow", "delta"},
@@ -41,7 +41,7 @@ def monthly_revenue(context: dg.AssetExecutionContext, daily: pa.Table) -> pa.Ta
 
 @dg.asset(
     ins={"daily": dg.AssetIn(key=DAILY_REVENUE)},
-    group_name="revenue",
+    group_name="aggregates",
     io_manager_key="lake_io_manager",
     kinds={"pyarrow", "delta"},
     description="Per region, the trailing 30 days up to the latest day with data: orders, revenue, daily average.",
