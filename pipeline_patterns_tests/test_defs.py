@@ -96,7 +96,7 @@ def test_one_run_shares_one_process_and_spark_session():
     assert defs.resolve_job_def("__ASSET_JOB").executor_def == dg.in_process_executor
 
 
-@pytest.mark.subprocess
+@pytest.mark.integration
 def test_the_code_location_loads_without_warnings():
     loaded = subprocess.run(
         [
