@@ -17,4 +17,4 @@ lint:  ## lint, format, types, and the definitions load
 	ruff check pipeline_patterns pipeline_patterns_tests
 	ruff format --check pipeline_patterns pipeline_patterns_tests
 	mypy
-	dagster definitions validate -m pipeline_patterns.definitions
+	dagster definitions validate -w workspace.yaml

@@ -61,18 +61,17 @@ def land_big_day(root: pathlib.Path, rows: int) -> None:
 def run_regional_day(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
     import dagster as dg
 
-    from pipeline_patterns.definitions import defs
-    from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
+    from pipeline_patterns.definitions import assets_and_checks
+    from pipeline_patterns.defs.landing import LandingZone
     from pipeline_patterns.defs.resources import build_resources
 
     result = dg.materialize(
-        [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
+        assets_and_checks(),
         selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
         partition_key=BIG_DAY.isoformat(),
         resources={
             **build_resources(data_dir),
             "landing": LandingZone(root=str(landing_root)),
-            "landing_io_manager": LandingIOManager(root=str(landing_root)),
         },
         instance=dg.DagsterInstance.ephemeral(),
     )
@@ -105,14 +104,14 @@ def land_feed(root: pathlib.Path, days: int, orders_per_day: int) -> float:
 def run_project(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
     import dagster as dg
 
-    from pipeline_patterns.definitions import defs
+    from pipeline_patterns.definitions import assets_and_checks
     from pipeline_patterns.defs.assets.global_merge import holds_days
-    from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
+    from pipeline_patterns.defs.landing import LandingZone
     from pipeline_patterns.defs.resources import build_resources
 
     last = window.end - dt.timedelta(days=1)
     result = dg.materialize(
-        [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or []),
+        assets_and_checks(),
         selection=dg.AssetSelection.assets("daily_revenue").upstream() - dg.AssetSelection.groups("landing"),
         tags={
             "dagster/asset_partition_range_start": window.start.isoformat(),
@@ -121,7 +120,6 @@ def run_project(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> N
         resources={
             **build_resources(data_dir),
             "landing": LandingZone(root=str(landing_root)),
-            "landing_io_manager": LandingIOManager(root=str(landing_root)),
         },
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -138,7 +136,7 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipeline_patterns.defs.late_data import LateData
+    from pipeline_patterns.defs.checks import QualityGates
     from pipeline_patterns.defs.partitions import REGIONS, region_key
     from pipeline_patterns.defs.resources import spark_config
     from pipeline_patterns.lib import landing
@@ -157,7 +155,7 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     lake = data_dir / "lake"
-    lateness = LateData().allowed_lateness_days
+    lateness = QualityGates().allowed_lateness_days
     days = [d.isoformat() for d in window.days]
     currencies = sorted({c for cs in CURRENCIES_BY_REGION.values() for c in cs} | {"USD"})
     clean_rows, quarantined = {}, {}

@@ -11,9 +11,8 @@ import sys
 
 from pipeline_patterns import environment
 from pipeline_patterns.defs.partitions import REGIONS
-from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib.breaker import CircuitBreaker, all_statuses
-from pipeline_patterns.lib.simulated_feed import add_corrections, days_between, region_day_defects
+from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, days_between, region_day_defects
 
 
 def _day(text: str) -> dt.date:
@@ -25,7 +24,7 @@ def _day(text: str) -> dt.date:
 
 def source_defects(args: argparse.Namespace) -> int:
     """One JSON line per region-day in [start, end] that carries at least one defect."""
-    settings = OrdersSource().settings()
+    settings = FeedSettings()
     regions = args.region or REGIONS
     for day in days_between(args.start, args.end + dt.timedelta(days=1)):
         for region in regions:

@@ -12,8 +12,8 @@ import dagster as dg
 
 from pipeline_patterns import environment
 from pipeline_patterns.defs.assets.global_merge import holds_days
+from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.landing import LandingZone
-from pipeline_patterns.defs.late_data import LateData
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.defs.resources import build_resources
 from pipeline_patterns.defs.sources import OrdersSource
@@ -82,7 +82,6 @@ def replay_resources(
         **build_resources(scratch, local=True),
         **(overrides or {}),
         "landing": live["landing"],
-        "landing_io_manager": live["landing_io_manager"],
     }
 
 
@@ -156,7 +155,7 @@ def verify_range(
     resources the replay does not store with, e.g. the quality gates, which must match the live
     run's for the same region-days to be quarantined. Nothing calls the source: the landing assets
     are not replayed."""
-    from pipeline_patterns.definitions import defs  # the code location, loaded only when asked
+    from pipeline_patterns.definitions import assets_and_checks, defs  # loaded only when asked
 
     if environment.object_store():
         raise ValueError(
@@ -164,21 +163,20 @@ def verify_range(
             f"with {environment.OBJECT_STORE_VAR} set the live lake is on object storage: not supported yet"
         )
 
-    asset_graph = defs.resolve_asset_graph()
+    asset_graph = defs().resolve_asset_graph()
     selection = replay_selection(asset_graph)
     selected = selection.resolve(asset_graph)
-    assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
-    checks = list(defs.asset_checks or [])
-    replayed = [a for a in [*assets, *checks] if ({*a.keys, *(c.asset_key for c in a.check_keys)} & selected)]
+    code_location = assets_and_checks()
+    replayed = [a for a in code_location if ({*a.keys, *(c.asset_key for c in a.check_keys)} & selected)]
     used = set().union(*(a.required_resource_keys for a in replayed))
     with tempfile.TemporaryDirectory(prefix="replay-") as scratch:
         run_resources = replay_resources(live_dir, pathlib.Path(scratch), resources, used)
         # A day's global orders include the late orders of the feed days after it (up to the
         # allowed lateness): the replay processes those feed days too, as far as all regions
         # landed them, and compares [first, last].
-        landing_zone, late_data = run_resources["landing"], run_resources["late_data"]
-        assert isinstance(landing_zone, LandingZone) and isinstance(late_data, LateData)
-        lateness = late_data.allowed_lateness_days
+        landing_zone, gates = run_resources["landing"], run_resources["quality_gates"]
+        assert isinstance(landing_zone, LandingZone) and isinstance(gates, QualityGates)
+        lateness = gates.allowed_lateness_days
         through = last
         for offset in range(1, lateness + 1):
             day = last + dt.timedelta(days=offset)
@@ -191,7 +189,7 @@ def verify_range(
             names = ", ".join(k.to_user_string() for a in callers for k in a.keys)
             raise ValueError(f"the replay selection would call the source: {names}")
         result = dg.materialize(
-            [*assets, *checks],
+            code_location,
             selection=selection,
             tags={
                 "dagster/asset_partition_range_start": first.isoformat(),

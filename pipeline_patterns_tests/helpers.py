@@ -17,13 +17,13 @@ import dagster as dg
 import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
-from pipeline_patterns.definitions import defs
+from pipeline_patterns.definitions import assets_and_checks, defs
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.resources import build_resources, spark_config
-from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 
@@ -92,8 +92,19 @@ class Scenario:
 TEST_ENV = {"PIPELINE_PATTERNS_FEED_VOLUME": str(TEST_ORDERS_PER_DAY)}
 
 
+def test_breaker(data_dir: pathlib.Path, **settings) -> Breaker:
+    """A breaker in the test's data dir that recovers fast."""
+    return Breaker(
+        **{"store": str(data_dir / "breakers.sqlite"), "recovery_timeout": FAST_BREAKER_RECOVERY, **settings}
+    )
+
+
+def resilient(data_dir: pathlib.Path) -> dict[str, object]:
+    """The fast retry and breaker settings of a dependency resource, for a test's own source."""
+    return {"breaker": test_breaker(data_dir), "retries": FAST_RETRIES}
+
+
 def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, object]:
-    store = str(data_dir / "breakers.sqlite")
     return {
         **build_resources(data_dir),
         "spark": PySparkResource(spark_config=TEST_SPARK_CONFIG),
@@ -102,31 +113,25 @@ def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, obj
             **{
                 "orders_per_day": TEST_ORDERS_PER_DAY,
                 "corrections_file": str(data_dir / "source_corrections.json"),
+                **resilient(data_dir),
                 **source_config,
             }
         ),
-        "source_breaker": Breaker(name="orders_source", store=store, recovery_timeout=FAST_BREAKER_RECOVERY),
-        "fx_breaker": Breaker(name="fx_rates", store=store, recovery_timeout=FAST_BREAKER_RECOVERY),
-        "source_retries": FAST_RETRIES,
-        "fx_retries": FAST_RETRIES,
+        "fx_rates": FxRates(**resilient(data_dir)),
     }
 
 
 def pipeline_defs(data_dir: pathlib.Path, **source_config) -> dg.Definitions:
     """The project's definitions over a data dir of the test's own."""
+    loaded = defs()
     return dg.Definitions(
-        assets=list(defs.assets or []),
-        asset_checks=list(defs.asset_checks or []),
-        jobs=list(defs.jobs or []),
-        sensors=list(defs.sensors or []),
+        assets=list(loaded.assets or []),
+        asset_checks=list(loaded.asset_checks or []),
+        jobs=list(loaded.jobs or []),
+        sensors=list(loaded.sensors or []),
         resources=pipeline_resources(data_dir, **source_config),
         executor=dg.in_process_executor,
     )
-
-
-def all_assets() -> list[dg.AssetsDefinition]:
-    """Every asset and standalone asset check of the code location."""
-    return [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or [])
 
 
 def materialize(
@@ -148,7 +153,7 @@ def materialize(
     if first:
         tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     return dg.materialize(
-        all_assets(),
+        assets_and_checks(),
         selection=selection or "*daily_revenue",
         partition_key=partition,
         tags=tags,

@@ -16,7 +16,7 @@ from pipeline_patterns.defs.assets.publish import CHECKS, PUBLISHED
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import blue_green
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
-from pipeline_patterns_tests.helpers import materialize, pipeline_defs
+from pipeline_patterns_tests.helpers import materialize, pipeline_defs, resilient
 
 FIRST, LAST = "2024-01-02", "2024-01-04"
 TABLES = list(PUBLISHED)
@@ -62,7 +62,7 @@ def build_green(data_dir, instance, factor: float) -> blue_green.Release:
         last=LAST,
         selection=["green_release"],
         raise_on_error=False,
-        resources={"fx_rates": CorrectedRates(factor=factor)},
+        resources={"fx_rates": CorrectedRates(factor=factor, **resilient(data_dir))},
     )
     release = blue_green.load(str(data_dir / "lake"))
     assert release is not None

@@ -7,11 +7,13 @@ import sys
 import dagster as dg
 import pytest
 
-from pipeline_patterns.definitions import defs
+from pipeline_patterns import definitions
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns_tests.helpers import PROJECT_ROOT
 
 REGIONAL = [region_key(r) for r in REGIONS]
+
+defs = definitions.defs()  # the lazy entry point, loaded as Dagster loads it
 
 
 def graph() -> dict[str, list[str]]:
@@ -104,7 +106,7 @@ def test_the_code_location_loads_without_warnings():
             "-W",
             "always",
             "-c",
-            "import pipeline_patterns.definitions as d; d.defs.resolve_asset_graph()",
+            "import pipeline_patterns.definitions as d; d.defs().resolve_asset_graph()",
         ],
         capture_output=True,
         text=True,
@@ -191,3 +193,21 @@ def test_the_instance_config_loads_with_its_run_limit_and_one_writer_per_pool(tm
     assert config.pool_config.default_pool_limit == 1
     pools = {a.op.pool for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.op.pool}
     assert pools == {f"regional_{r}" for r in REGIONAL} | {"fan_in"}
+
+
+def test_one_resource_per_external_system_or_policy_and_no_asset_takes_more_than_five():
+    assert sorted(defs.resources or {}) == [
+        "day_close",
+        "fx_rates",
+        "healing_policy",
+        "lake",
+        "landing",
+        "notifier",
+        "orders_source",
+        "quality_gates",
+        "spark",
+    ]
+    for asset in defs.assets or []:
+        if isinstance(asset, dg.AssetsDefinition):
+            ours = asset.required_resource_keys - {"io_manager"}  # Dagster's default, for assets that return no value
+            assert len(ours) <= 5, (asset.keys, ours)

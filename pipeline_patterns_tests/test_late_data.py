@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
-from pipeline_patterns.defs.late_data import LateData, late_data_rehomes_days, rehome_requests, stale_days
+from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.late_data import late_data_rehomes_days, rehome_requests, stale_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
@@ -22,6 +23,7 @@ from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_deliveries, region_day_files
 from pipeline_patterns.replay import verify_range
 from pipeline_patterns_tests.helpers import (
+    TEST_MIN_ORDERS,
     TEST_ORDERS_PER_DAY,
     catch_up_late_data,
     materialize,
@@ -233,7 +235,7 @@ def test_day_by_day_runs_in_any_order_and_the_sensor_give_the_range_runs_tables(
 
 def test_orders_beyond_the_watermark_go_to_late_orders_and_every_row_is_accounted(spark, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    strict = {"late_data": LateData(allowed_lateness_days=1)}
+    strict = {"quality_gates": QualityGates(min_orders_per_day=TEST_MIN_ORDERS, allowed_lateness_days=1)}
     materialize(tmp_path, instance, first="2024-01-06", last="2024-01-07", resources=strict)
     orders = read_table(str(tmp_path / "lake" / "global_orders"))
     for region in REGIONS:

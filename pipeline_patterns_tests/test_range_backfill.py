@@ -11,7 +11,6 @@ import pytest
 
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
-from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash
@@ -183,7 +182,7 @@ def test_every_table_equals_a_reference_computed_the_simple_way(backfill, spark)
     window = DayWindow(dt.date.fromisoformat(DAYS[0]), dt.date.fromisoformat(DAYS[-1]) + dt.timedelta(days=1))
     expected, clean_by_region, held = {}, [], set()
     for region in REGIONS:
-        settings = gates.settings(FxRates().currencies(), region)
+        settings = gates.settings(region)
         landed = landing.inspect_days(landing_root, region, window.days, columns=list(RECORD_FIELDS))
         files = [f for day in landed for f in day.files]
         staged = regional_orders_frame(spark, files).toArrow().select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)

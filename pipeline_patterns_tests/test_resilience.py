@@ -15,7 +15,7 @@ from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib.breaker import CircuitBreaker
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, expected_orders
-from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, all_assets, pipeline_resources
+from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY, materialize, resilient
 
 FAST = RetrySettings(base_delay=0.01, backoff_factor=2.0, max_delay=0.05, jitter=0.2, max_retries=25)
 
@@ -41,25 +41,26 @@ class BrokenCredentials(OrdersSource):
 
 
 def run(data_dir, selection, first, last, instance=None, **resources):
-    return dg.materialize(
-        all_assets(),
+    return materialize(
+        data_dir,
+        instance or dg.DagsterInstance.ephemeral(),
+        first=first,
+        last=last,
         selection=selection,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
-        resources={**pipeline_resources(data_dir), "source_retries": FAST, "fx_retries": FAST, **resources},
-        instance=instance or dg.DagsterInstance.ephemeral(),
+        resources=resources,
         raise_on_error=False,
     )
 
 
 def test_a_30_percent_failing_source_still_lands_seven_days_of_exact_data(spark, tmp_path):
-    source = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=0.3)
-    breaker = Breaker(name="orders_source", store=str(tmp_path / "breakers.sqlite"), failure_threshold=50)
+    breaker = Breaker(store=str(tmp_path / "breakers.sqlite"), failure_threshold=50)
+    source = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=0.3, breaker=breaker, retries=FAST)
     regions = [
         f"{layer}/{r}"
         for r in ("us_east", "ap_south")
         for layer in ("raw_orders", "regional_orders", "quarantined_orders", "late_orders")
     ]
-    result = run(tmp_path, regions, "2024-01-06", "2024-01-12", orders_source=source, source_breaker=breaker)
+    result = run(tmp_path, regions, "2024-01-06", "2024-01-12", orders_source=source)
     assert result.success
     retries = [n for n in notifications(tmp_path) if n["event"] == "retry"]
     assert retries, "with 30 % failures over 14 calls, some retries happened (seeded: always the same ones)"
@@ -78,9 +79,9 @@ def test_a_down_source_opens_the_breaker_after_exactly_the_threshold_and_is_not_
     store = str(tmp_path / "breakers.sqlite")
     # The open time is long next to the retry delays (0.02 s) and a step restart, also on a
     # loaded machine, so the 4th attempt always meets the breaker open.
-    breaker = Breaker(name="orders_source", store=store, failure_threshold=3, recovery_timeout=2.0)
-    down = CountingSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0)
+    breaker = Breaker(store=store, failure_threshold=3, recovery_timeout=2.0)
     retries = RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=4)
+    down = CountingSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0, breaker=breaker, retries=retries)
     instance = dg.DagsterInstance.ephemeral()
     result = run(
         tmp_path,
@@ -89,8 +90,6 @@ def test_a_down_source_opens_the_breaker_after_exactly_the_threshold_and_is_not_
         "2024-01-06",
         instance=instance,
         orders_source=down,
-        source_breaker=breaker,
-        source_retries=retries,
     )
     assert not result.success
     sent = notifications(tmp_path)
@@ -111,27 +110,24 @@ def test_a_down_source_opens_the_breaker_after_exactly_the_threshold_and_is_not_
 
 def test_after_the_recovery_timeout_one_trial_call_closes_the_breaker(spark, tmp_path):
     store = str(tmp_path / "breakers.sqlite")
-    breaker = Breaker(name="orders_source", store=store, failure_threshold=2, recovery_timeout=2.0)
-    down = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0)
+    breaker = Breaker(store=store, failure_threshold=2, recovery_timeout=2.0)
+    retries = RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=2)
+    down = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, failure_rate=1.0, breaker=breaker, retries=retries)
     run(
         tmp_path,
         ["raw_orders/us_east"],
         "2024-01-06",
         "2024-01-06",
         orders_source=down,
-        source_breaker=breaker,
-        source_retries=RetrySettings(base_delay=0.01, max_delay=0.02, max_retries=2),
     )
     assert CircuitBreaker("orders_source", store).status().state == "open"
-    healthy = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY)
+    healthy = OrdersSource(orders_per_day=TEST_ORDERS_PER_DAY, breaker=breaker, retries=FAST)
     result = run(
         tmp_path,
         ["raw_orders/us_east"],
         "2024-01-06",
         "2024-01-06",
         orders_source=healthy,
-        source_breaker=breaker,
-        source_retries=FAST,
     )
     assert result.success  # the step waited out the open breaker, then its trial call closed it
     assert CircuitBreaker("orders_source", store).status().state == "closed"
@@ -145,7 +141,7 @@ def test_a_non_retryable_error_fails_at_once_without_retries(spark, tmp_path):
         ["raw_orders/us_east"],
         "2024-01-06",
         "2024-01-06",
-        orders_source=BrokenCredentials(orders_per_day=TEST_ORDERS_PER_DAY),
+        orders_source=BrokenCredentials(orders_per_day=TEST_ORDERS_PER_DAY, **resilient(tmp_path)),
     )
     assert not result.success
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]

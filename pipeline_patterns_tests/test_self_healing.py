@@ -32,6 +32,7 @@ from pipeline_patterns_tests.helpers import (
     materialize,
     pipeline_defs,
     pipeline_resources,
+    resilient,
 )
 
 DAILY_REVENUE = dg.AssetKey("daily_revenue")
@@ -176,7 +177,8 @@ def story(spark, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("healing")
     instance = dg.DagsterInstance.ephemeral()
     store = str(data_dir / "breakers.sqlite")
-    source = BrokenDay(orders_per_day=TEST_ORDERS_PER_DAY, corrections_file=str(data_dir / "source_corrections.json"))
+    corrections = str(data_dir / "source_corrections.json")
+    source = BrokenDay(orders_per_day=TEST_ORDERS_PER_DAY, corrections_file=corrections, **resilient(data_dir))
     resources = {**pipeline_resources(data_dir), "orders_source": source}
     broken = materialize(data_dir, instance, partition=BROKEN, raise_on_error=False, resources=resources)
     # the feed is down during the range: no retries, the breaker opens on the first failure for an hour
@@ -186,10 +188,14 @@ def story(spark, tmp_path_factory):
         first=OUTAGE[0],
         last=OUTAGE[-1],
         raise_on_error=False,
-        outages=["2000-01-01T00:00:00+00:00/2100-01-01T00:00:00+00:00"],
         resources={
-            "source_retries": RetrySettings(max_retries=0),
-            "source_breaker": Breaker(name="orders_source", store=store, failure_threshold=1, recovery_timeout=3600),
+            "orders_source": OrdersSource(
+                orders_per_day=TEST_ORDERS_PER_DAY,
+                corrections_file=corrections,
+                outages=["2000-01-01T00:00:00+00:00/2100-01-01T00:00:00+00:00"],
+                breaker=Breaker(store=store, failure_threshold=1, recovery_timeout=3600),
+                retries=RetrySettings(max_retries=0),
+            )
         },
     )
     # a run that died (a killed run worker), as Dagster's run monitoring records it
@@ -202,10 +208,10 @@ def story(spark, tmp_path_factory):
 
     def tick() -> dg.SensorResult:
         nonlocal cursor
-        breakers = [resources["source_breaker"], resources["fx_breaker"]]
-        decided = healing_decisions(instance, repository, policy, resources["lake"], source, breakers)
+        dependencies = [source, resources["fx_rates"]]
+        decided = healing_decisions(instance, repository, policy, resources["lake"], source, dependencies)
         decisions.append({d.day: d for d in decided})
-        needed = {k: resources[k] for k in ("lake", "source_breaker", "fx_breaker", "notifier")}
+        needed = {k: resources[k] for k in ("lake", "fx_rates", "notifier")}
         context = dg.build_sensor_context(
             instance=instance,
             cursor=cursor,

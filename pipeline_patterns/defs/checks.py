@@ -6,13 +6,14 @@ from pydantic import Field
 
 from pipeline_patterns.lib.quarantine import RegionDay
 from pipeline_patterns.lib.rules import RULES, GateSettings, RuleOutcome
+from pipeline_patterns.lib.simulated_feed import BASE_USD_RATES
 
 ROWS_ACCOUNTED = "rows_accounted"
 _DEFAULTS = GateSettings(known_currencies=())
 
 
 class QualityGates(dg.ConfigurableResource):
-    """Parameters of the quality gates (see lib/rules.py); known currencies come from the FX service."""
+    """Parameters of the quality gates (lib/rules.py) and of the watermark for late data."""
 
     min_orders_per_day: int = Field(
         default=_DEFAULTS.min_orders_per_day, description="A region-day with fewer orders is quarantined."
@@ -44,8 +45,21 @@ class QualityGates(dg.ConfigurableResource):
         description="Quarantine a region-day with an order or user id longer than this.",
     )
 
-    def settings(self, known_currencies: list[str], region: str = "") -> GateSettings:
-        return GateSettings(**self.model_dump(), known_currencies=tuple(sorted(known_currencies)), region=region)
+    known_currencies: list[str] = Field(
+        default=sorted(BASE_USD_RATES), description="Currencies the FX service has rates for; others are quarantined."
+    )
+    allowed_lateness_days: int = Field(
+        default=3,
+        ge=0,
+        description=(
+            "The watermark: an order delivered up to this many days after its event day is counted in that day, "
+            "which is re-run; later, it goes to late_orders/<region>. The simulated feed delivers up to 3 days late."
+        ),
+    )
+
+    def settings(self, region: str = "") -> GateSettings:
+        fields = self.model_dump(exclude={"known_currencies", "allowed_lateness_days"})
+        return GateSettings(**fields, known_currencies=tuple(sorted(self.known_currencies)), region=region)
 
 
 def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:

@@ -1,5 +1,5 @@
-"""The Delta lake: the `lake` resource (one table per asset; a day window replaced in one transaction
-carrying the run id) and `lake_io_manager` (reads, and the aggregates' writes). See docs/idempotent_writes.md."""
+"""The Delta lake: the `lake` resource and IO manager (one table per asset; a day window replaced in
+one transaction carrying the run id). See docs/idempotent_writes.md."""
 
 from typing import Any
 
@@ -38,8 +38,10 @@ def storage_options(storage: StorageConfig) -> dict[str, str]:
     return options
 
 
-class Lake(dg.ConfigurableResource):
-    """Where the Delta tables live: `<uri>/<asset key path>`, one table per asset."""
+class Lake(dg.ConfigurableIOManager):
+    """Where the Delta tables live: `<uri>/<asset key path>`, one table per asset. The assets write
+    ranges through its methods; as an IO manager it moves Arrow tables: a partitioned output
+    replaces exactly its window, an unpartitioned one its table, an input reads exactly its window."""
 
     uri: str = Field(description="Root of the lake: a local path, or s3://, az://, gs:// with `storage`.")
     storage: StorageConfig = Field(
@@ -117,24 +119,6 @@ class Lake(dg.ConfigurableResource):
             storage_options=self.options(),
         )
 
-
-def commit_metadata(key: dg.AssetKey, run_id: str, partitions: str) -> dict[str, str]:
-    return {"dagster_run_id": run_id, "dagster_asset_key": key.to_user_string(), "dagster_partitions": partitions}
-
-
-def _window(context: dg.InputContext | dg.OutputContext) -> DayWindow | None:
-    if not context.has_asset_partitions:
-        return None
-    window = context.asset_partitions_time_window
-    return DayWindow.of(window)
-
-
-class DeltaLakeIOManager(dg.ConfigurableIOManager):
-    """Arrow tables <-> the lake's Delta tables. A partitioned output replaces exactly its window;
-    an unpartitioned one replaces its table; an input reads exactly its window."""
-
-    lake: dg.ResourceDependency[Lake]
-
     def _partition_column(self, context: dg.OutputContext | dg.InputContext) -> str:
         metadata = (
             context.definition_metadata
@@ -148,11 +132,11 @@ class DeltaLakeIOManager(dg.ConfigurableIOManager):
             return
         window = _window(context)
         if window is None:
-            uri = self.lake.table_uri(context.asset_key)
+            uri = self.table_uri(context.asset_key)
             commit = commit_metadata(context.asset_key, context.run_id, "")
-            result = overwrite_table(uri, obj, commit_metadata=commit, storage_options=self.lake.options())
+            result = overwrite_table(uri, obj, commit_metadata=commit, storage_options=self.options())
         else:
-            result = self.lake.replace(
+            result = self.replace(
                 context.asset_key, obj, window, context.run_id, partition_column=self._partition_column(context)
             )
         context.add_output_metadata(
@@ -164,4 +148,15 @@ class DeltaLakeIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> pa.Table:
-        return self.lake.read(context.asset_key, _window(context), partition_column=self._partition_column(context))
+        return self.read(context.asset_key, _window(context), partition_column=self._partition_column(context))
+
+
+def commit_metadata(key: dg.AssetKey, run_id: str, partitions: str) -> dict[str, str]:
+    return {"dagster_run_id": run_id, "dagster_asset_key": key.to_user_string(), "dagster_partitions": partitions}
+
+
+def _window(context: dg.InputContext | dg.OutputContext) -> DayWindow | None:
+    if not context.has_asset_partitions:
+        return None
+    window = context.asset_partitions_time_window
+    return DayWindow.of(window)

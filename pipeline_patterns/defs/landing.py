@@ -15,8 +15,11 @@ from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
 
 
-class LandingZone(dg.ConfigurableResource):
-    """Where extracted files land, exactly as received: <root>/<region>/<day>/<run id>/."""
+class LandingZone(dg.ConfigurableIOManager):
+    """Where extracted files land, exactly as received: <root>/<region>/<day>/<run id>/. As the raw
+    assets' IO manager it loads a region-day's landed files as one Arrow table of text columns (so
+    `defs.load_asset_value(raw_orders/<region>, partition_key=...)` works); the raw assets write
+    their files themselves and return no value."""
 
     root: str = Field(description="Root of the landing zone: a local folder, or s3://bucket/prefix with `storage`.")
     storage: StorageConfig = Field(
@@ -40,17 +43,6 @@ class LandingZone(dg.ConfigurableResource):
         """Each day's landed files: read, drifted from the expected header, or refused."""
         return landing.inspect_days(self.root, region, days, list(RECORD_FIELDS), self.options())
 
-
-class LandingIOManager(dg.ConfigurableIOManager):
-    """Loads a region-day's landed files as one Arrow table of text columns, as received (so
-    `defs.load_asset_value(raw_orders/<region>, partition_key=...)` works). The raw assets write
-    their files themselves and return no value."""
-
-    root: str = Field(description="Root of the landing zone: a local folder, or s3://bucket/prefix with `storage`.")
-    storage: StorageConfig = Field(
-        default_factory=LocalConfig, discriminator="provider", description="Object-store settings, as the lake's."
-    )
-
     def handle_output(self, context: dg.OutputContext, obj: None) -> None:
         if obj is not None:
             raise TypeError(f"{context.asset_key.to_user_string()} lands files itself and returns no value")
@@ -61,7 +53,7 @@ class LandingIOManager(dg.ConfigurableIOManager):
         region = context.asset_key.path[-1].replace("_", "-")
         window = context.asset_partitions_time_window
         days = DayWindow.of(window).days
-        store = storage_options(self.storage)
+        store = self.options()
         files = landing.landed_files(self.root, region, days, store)
         options = pacsv.ConvertOptions(column_types={name: pa.string() for name in RECORD_FIELDS})
         tables = []

@@ -4,7 +4,6 @@ that re-runs exactly the published days a later delivery touched. See docs/late_
 import hashlib
 
 import dagster as dg
-from pydantic import Field
 
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 
@@ -15,19 +14,6 @@ LATE_EVENT_DAYS = "late_event_days"
 REGIONAL_VERSIONS = "regional_versions"
 REASON_TAG = "pipeline_patterns/reason"
 REHOMES_TAG = "pipeline_patterns/rehomes_days"
-
-
-class LateData(dg.ConfigurableResource):
-    """How late a delivery may come for a day (the watermark)."""
-
-    allowed_lateness_days: int = Field(
-        default=3,
-        ge=0,
-        description=(
-            "An order delivered up to this many days after its event day is counted in that day, "
-            "which is re-run; later, it goes to late_orders/<region>. The simulated feed delivers up to 3 days late."
-        ),
-    )
 
 
 def format_late_days(late_days: dict[str, int]) -> str:

@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline_patterns.defs.assets.regional import regional_key
+from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import Lake
-from pipeline_patterns.defs.late_data import LateData
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.day_window import DayWindow
@@ -32,11 +32,15 @@ class ReplayDay(dg.Config):
     description="On demand: a clean replay of the day's fan-in and revenue gives identical content.",
 )
 def replay_matches(
-    context: dg.AssetCheckExecutionContext, config: ReplayDay, lake: Lake, fx_rates: FxRates, late_data: LateData
+    context: dg.AssetCheckExecutionContext,
+    config: ReplayDay,
+    lake: dg.ResourceParam[Lake],
+    fx_rates: FxRates,
+    quality_gates: QualityGates,
 ) -> dg.AssetCheckResult:
     day = dt.date.fromisoformat(config.day or pc.max(lake.read(dg.AssetKey("daily_revenue"))["day"]).as_py())
     window = DayWindow(day, day + dt.timedelta(days=1))
-    lateness = late_data.allowed_lateness_days
+    lateness = quality_gates.allowed_lateness_days
     # the day's orders are delivered on its feed day and up to `lateness` feed days after it
     delivered = DayWindow(day, day + dt.timedelta(days=1 + lateness))
     rows = pa.concat_tables([lake.read(regional_key(r), delivered) for r in REGIONS])

@@ -1,5 +1,5 @@
-"""Failure handling around external dependencies: `call_dependency` (circuit breaker, capped-backoff
-retries) and the `Breaker`, `RetrySettings` and `Notifier` resources.
+"""Failure handling around external dependencies: a `Dependency` resource carries its own retry and
+breaker settings, `call_dependency` applies them; the `Notifier` resource sends the alerts.
 See docs/retries_and_breaker.md and docs/alerts.md."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import json
 import pathlib
 import urllib.error
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import dagster as dg
 from dagster_slack import SlackResource
@@ -79,7 +79,7 @@ class Notifier(dg.ConfigurableResource):
             handle.write(json.dumps(record, default=str) + "\n")
 
 
-class RetrySettings(dg.ConfigurableResource):
+class RetrySettings(dg.Config):
     """Capped exponential backoff for one dependency: retry n waits
     min(max_delay, base_delay * backoff_factor^(n-1)) seconds, times a jitter factor."""
 
@@ -97,12 +97,11 @@ class RetrySettings(dg.ConfigurableResource):
         return BackoffPolicy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BackoffPolicy)})
 
 
-class Breaker(dg.ConfigurableResource):
+class Breaker(dg.Config):
     """A circuit breaker around one dependency: opens after `failure_threshold` consecutive
     failures, fails calls fast while open, admits one trial call after `recovery_timeout`
-    seconds. State is shared through the SQLite file `store` by every process and run."""
+    seconds. Its state lives in `store`, shared by every process and run."""
 
-    name: str = Field(description="The dependency's name; breakers of the same name share their state.")
     store: str = Field(
         description=(
             "Where every breaker's state lives: a SQLite file (one machine), or a postgresql:// URL "
@@ -117,18 +116,35 @@ class Breaker(dg.ConfigurableResource):
         description="Seconds the breaker stays open before one trial call.",
     )
 
-    def breaker(self, on_change: Callable[[BreakerStatus, BreakerStatus], None] | None = None) -> CircuitBreaker:
-        if not is_postgres(self.store):
-            pathlib.Path(self.store).parent.mkdir(parents=True, exist_ok=True)
+
+class Dependency(dg.ConfigurableResource):
+    """An external system, called through its own circuit breaker with its own capped-backoff
+    retries (`call_dependency`). Subclasses name the breaker (`breaker_name`)."""
+
+    breaker_name: ClassVar[str]
+    breaker: Breaker = Field(description="The dependency's circuit breaker.")
+    retries: RetrySettings = Field(default=RetrySettings(), description="Step retries after a failed call.")
+
+    def circuit(self, on_change: Callable[[BreakerStatus, BreakerStatus], None] | None = None) -> CircuitBreaker:
+        if not is_postgres(self.breaker.store):
+            pathlib.Path(self.breaker.store).parent.mkdir(parents=True, exist_ok=True)
         return CircuitBreaker(
-            self.name,
-            self.store,
-            failure_threshold=self.failure_threshold,
-            recovery_timeout=self.recovery_timeout,
+            self.breaker_name,
+            self.breaker.store,
+            failure_threshold=self.breaker.failure_threshold,
+            recovery_timeout=self.breaker.recovery_timeout,
             on_change=on_change,
             # A data or credentials error says nothing about the dependency's health.
             should_count=is_retryable,
         )
+
+    def breaker_metadata(self) -> dict[str, Any]:
+        status = self.circuit().status()
+        return {
+            f"breaker/{k}": v
+            for k, v in dataclasses.asdict(status).items()
+            if k in ("name", "state", "consecutive_failures")
+        }
 
 
 def call_dependency(
@@ -136,12 +152,11 @@ def call_dependency(
     what: str,
     fn: Callable[[], T],
     *,
-    breaker: Breaker,
-    retries: RetrySettings,
+    dependency: Dependency,
     notifier: Notifier,
 ) -> T:
-    """Call `fn` through the breaker; on failure, retry the step with capped backoff or fail."""
-    policy = retries.policy()
+    """Call `fn` through the dependency's breaker; on failure, retry the step with capped backoff or fail."""
+    policy = dependency.retries.policy()
     retry = context.retry_number + 1
     asset = context.asset_key.to_user_string() if len(context.assets_def.keys) == 1 else context.op_def.name
 
@@ -165,7 +180,7 @@ def call_dependency(
             )
 
     try:
-        return breaker.breaker(on_change).call(fn)
+        return dependency.circuit(on_change).call(fn)
     except CircuitOpenError as error:
         if retry > policy.max_retries:
             notifier.notify("final_failure", asset=asset, what=what, error=str(error), retries=policy.max_retries)
@@ -195,12 +210,3 @@ def call_dependency(
         )
         notifier.notify("retry", asset=asset, what=what, error=str(error), retry=retry, seconds_to_wait=round(wait, 3))
         raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
-
-
-def breaker_metadata(breaker: Breaker) -> dict[str, Any]:
-    status = breaker.breaker().status()
-    return {
-        f"breaker/{k}": v
-        for k, v in dataclasses.asdict(status).items()
-        if k in ("name", "state", "consecutive_failures")
-    }

@@ -12,13 +12,11 @@ from dagster_deltalake import LocalConfig, S3Config
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns import environment
-from pipeline_patterns.defs.assets.publish import Publication
 from pipeline_patterns.defs.checks import QualityGates
-from pipeline_patterns.defs.lake import DeltaLakeIOManager, Lake
-from pipeline_patterns.defs.landing import LandingIOManager, LandingZone
-from pipeline_patterns.defs.late_data import LateData
+from pipeline_patterns.defs.lake import Lake
+from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.readiness import DayClose
-from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
+from pipeline_patterns.defs.resilience import Breaker, Notifier
 from pipeline_patterns.defs.self_healing import HealingPolicy
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib.spark_tables import spark_settings
@@ -55,40 +53,33 @@ def spark_config() -> dict[str, str]:
 
 
 def build_resources(data_dir: Path, *, local: bool = False) -> dict[str, object]:
-    """Every resource the assets use, for a data dir (tests pass a temporary one). The landing
-    zone and the lake are in the data dir, or on $PIPELINE_PATTERNS_OBJECT_STORE unless `local`
-    (a scratch data dir must never point at the live store)."""
+    """Every resource the assets use, for a data dir (tests pass a temporary one): one per external
+    system (Spark, the lake, the landing zone, the order feed, the FX service, the alert channels)
+    and per policy. The landing zone and the lake are in the data dir, or on
+    $PIPELINE_PATTERNS_OBJECT_STORE unless `local` (a scratch data dir must never point at the live store)."""
     store = None if local else environment.object_store()
     storage: Any = S3Config.model_validate(environment.s3_settings()) if store else LocalConfig()
-    lake = Lake(uri=f"{store}/lake" if store else str(data_dir / "lake"), storage=storage)
-    landing_root = f"{store}/landing" if store else str(data_dir / "landing")
-    breakers = environment.breaker_store(data_dir)
+    breaker = Breaker(store=environment.breaker_store(data_dir))
     volume = environment.feed_volume()
     # a smaller feed keeps the volume gate proportionate: 20 %, as 1,000 of the default 5,000
     sized: dict[str, Any] = {"orders_per_day": volume} if volume else {}
     gates: dict[str, Any] = {"min_orders_per_day": volume // 5} if volume else {}
     return {
         "spark": PySparkResource(spark_config=spark_config()),
-        "lake": lake,
-        "landing": LandingZone(root=landing_root, storage=storage),
-        "landing_io_manager": LandingIOManager(root=landing_root, storage=storage),
-        "lake_io_manager": DeltaLakeIOManager(lake=lake),
+        "lake": Lake(uri=f"{store}/lake" if store else str(data_dir / "lake"), storage=storage),
+        "landing": LandingZone(root=f"{store}/landing" if store else str(data_dir / "landing"), storage=storage),
         "quality_gates": QualityGates(**gates),
-        "orders_source": OrdersSource(corrections_file=str(data_dir / "source_corrections.json"), **sized),
-        "fx_rates": FxRates(),
+        "orders_source": OrdersSource(
+            corrections_file=str(data_dir / "source_corrections.json"), breaker=breaker, **sized
+        ),
+        "fx_rates": FxRates(breaker=breaker),
         "notifier": Notifier(
             path=str(data_dir / "notifications.jsonl"),
             webhook_url=environment.alert_webhook_url(),
             slack_token=dg.EnvVar(environment.SLACK_TOKEN_VAR) if environment.slack_configured() else "",
         ),
-        "source_breaker": Breaker(name="orders_source", store=breakers),
-        "fx_breaker": Breaker(name="fx_rates", store=breakers),
         "healing_policy": HealingPolicy(),
-        "late_data": LateData(),
         "day_close": DayClose(),
-        "publication": Publication(),
-        "source_retries": RetrySettings(),
-        "fx_retries": RetrySettings(),
     }
 
 

@@ -17,8 +17,8 @@ from pipeline_patterns.defs import automation  # the module, not its job: the de
 from pipeline_patterns.defs.assets.regional import quarantine_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
-from pipeline_patterns.defs.resilience import Breaker, Notifier
-from pipeline_patterns.defs.sources import OrdersSource
+from pipeline_patterns.defs.resilience import Dependency, Notifier
+from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib import healing
 from pipeline_patterns.lib.day_window import DayWindow
 
@@ -95,10 +95,10 @@ def healing_decisions(
     policy: HealingPolicy,
     lake: Lake,
     orders_source: OrdersSource,
-    breakers: list[Breaker],
+    dependencies: list[Dependency],
 ) -> list[healing.Decision]:
     """What healing decides now for every failed day."""
-    statuses = [b.breaker().status() for b in breakers]
+    statuses = [d.circuit().status() for d in dependencies]
     return healing.decide(
         failed_days(instance, lake, orders_source),
         now=time.time(),
@@ -121,16 +121,15 @@ def healing_decisions(
 def heal_failed_days(
     context: dg.SensorEvaluationContext,
     healing_policy: HealingPolicy,
-    lake: Lake,
+    lake: dg.ResourceParam[Lake],
     orders_source: OrdersSource,
-    source_breaker: Breaker,
-    fx_breaker: Breaker,
+    fx_rates: FxRates,
     notifier: Notifier,
 ) -> dg.SensorResult:
     if context.repository_def is None:  # the daemon always passes it; build_sensor_context(definitions=...) does
         raise dg.DagsterInvariantViolationError("heal_failed_days needs the repository: its job's assets")
     decisions = healing_decisions(
-        context.instance, context.repository_def, healing_policy, lake, orders_source, [source_breaker, fx_breaker]
+        context.instance, context.repository_def, healing_policy, lake, orders_source, [orders_source, fx_rates]
     )
     reported = json.loads(context.cursor) if context.cursor else {}
     requests, observations = [], []

@@ -2,19 +2,24 @@
 lib/simulated_feed.py; a real client implements the same methods). See docs/source_and_landing.md."""
 
 import datetime as dt
+from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
+from pipeline_patterns.defs.resilience import Dependency
 from pipeline_patterns.lib import simulated_feed as feed
 
 _FEED = feed.FeedSettings()
 
 
-class OrdersSource(dg.ConfigurableResource):
-    """The regional order feed (simulated). Same seed, region and day: same records. Its realistic
-    defects are ON by default: duplicate and late deliveries, and rare bad region-days."""
+class OrdersSource(Dependency):
+    """The regional order feed (simulated), with its own breaker and retries. Same seed, region and
+    day: same records. Its realistic defects are ON by default: duplicate and late deliveries, and
+    rare bad region-days. A real API client subclasses it and implements `fetch` and `has_correction`."""
+
+    breaker_name: ClassVar[str] = "orders_source"
 
     seed: int = Field(default=_FEED.seed, description="Seed of the simulated feed and of its fault injection.")
     orders_per_day: int = Field(default=_FEED.orders_per_day, description="Orders per region-day.")
@@ -89,20 +94,17 @@ def outage_window(text: str) -> tuple[dt.datetime, dt.datetime]:
     return dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
 
 
-class FxRates(dg.ConfigurableResource):
-    """Daily FX rates to USD (simulated: a seasonal swing plus daily noise around a base level)."""
+class FxRates(Dependency):
+    """Daily FX rates to USD (simulated: a seasonal swing plus daily noise around a base level), with
+    its own breaker and retries. A real client subclasses it and implements `rates`."""
 
-    seed: int = Field(default=_FEED.seed, description="Seed of the simulated rates and of the fault injection.")
+    breaker_name: ClassVar[str] = "fx_rates"
     failure_rate: float = Field(default=0.0, description="Share of calls that time out (fault injection).")
 
     _faults: feed.FeedFaults = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._faults = feed.FeedFaults(failure_rate=self.failure_rate, seed=self.seed)
-
-    def currencies(self) -> list[str]:
-        """The currencies the service has rates for (the gate `currency_known` asks this)."""
-        return sorted(feed.BASE_USD_RATES)
+        self._faults = feed.FeedFaults(failure_rate=self.failure_rate, seed=_FEED.seed)
 
     def rates(self, currencies: list[str], days: list[dt.date]) -> pa.Table:
         """currency, fx_day ('YYYY-MM-DD'), usd_rate for every currency and day asked for."""
@@ -112,6 +114,6 @@ class FxRates(dg.ConfigurableResource):
             {
                 "currency": [c for c, _ in pairs],
                 "fx_day": [d.isoformat() for _, d in pairs],
-                "usd_rate": [feed.usd_rate(c, d, self.seed) for c, d in pairs],
+                "usd_rate": [feed.usd_rate(c, d, _FEED.seed) for c, d in pairs],
             }
         )

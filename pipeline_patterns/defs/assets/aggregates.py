@@ -16,7 +16,7 @@ DAILY_REVENUE = dg.AssetKey("daily_revenue")
     partitions_def=monthly_partitions,
     backfill_policy=single_run,
     group_name="aggregates",
-    io_manager_key="lake_io_manager",
+    io_manager_key="lake",
     metadata={"partition_column": "month"},
     kinds={"pyarrow", "delta"},
     description="Per month and region: orders, revenue in USD, days with data. Published only for complete months.",
@@ -42,7 +42,7 @@ def monthly_revenue(context: dg.AssetExecutionContext, daily: pa.Table) -> pa.Ta
 @dg.asset(
     ins={"daily": dg.AssetIn(key=DAILY_REVENUE)},
     group_name="aggregates",
-    io_manager_key="lake_io_manager",
+    io_manager_key="lake",
     kinds={"pyarrow", "delta"},
     description="Per region, the trailing 30 days up to the latest day with data: orders, revenue, daily average.",
 )

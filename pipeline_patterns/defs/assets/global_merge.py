@@ -14,10 +14,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
+from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import Lake
-from pipeline_patterns.defs.late_data import REGIONAL_VERSIONS, LateData, format_versions
+from pipeline_patterns.defs.late_data import REGIONAL_VERSIONS, format_versions
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
-from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
+from pipeline_patterns.defs.resilience import Notifier, call_dependency
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import WriteResult
@@ -54,7 +55,7 @@ REVENUE_NOT_NULL = ("region", "orders", "revenue_usd", "distinct_users")
             kinds={"pyspark", "delta"},
             description="All regions' orders of a day, with the day's FX rate and the amount in USD. "
             "A day is written only when all four region-days are clean; the others are held.",
-        ).with_io_manager_key("lake_io_manager"),
+        ).with_io_manager_key("lake"),
         dg.AssetSpec(
             DAILY_REVENUE,
             deps=[GLOBAL_ORDERS],
@@ -62,7 +63,7 @@ REVENUE_NOT_NULL = ("region", "orders", "revenue_usd", "distinct_users")
             group_name="revenue",
             kinds={"pyspark", "delta"},
             description="Per day and region: orders, revenue in USD, distinct users.",
-        ).with_io_manager_key("lake_io_manager"),
+        ).with_io_manager_key("lake"),
     ],
     partitions_def=daily_partitions,
     backfill_policy=single_run,
@@ -73,19 +74,15 @@ REVENUE_NOT_NULL = ("region", "orders", "revenue_usd", "distinct_users")
 def global_orders_and_daily_revenue(
     context: dg.AssetExecutionContext,
     spark: PySparkResource,
-    lake: Lake,
+    lake: dg.ResourceParam[Lake],
     fx_rates: FxRates,
-    fx_breaker: Breaker,
-    fx_retries: RetrySettings,
-    late_data: LateData,
+    quality_gates: QualityGates,
     notifier: Notifier,
 ):
     window, run_id, session = day_window(context), context.run.run_id, spark.spark_session
     days = [d.isoformat() for d in window.days]
     if GLOBAL_ORDERS in context.selected_asset_keys:
-        merged = fan_in(
-            context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier, late_data.allowed_lateness_days
-        )
+        merged = fan_in(context, session, lake, window, fx_rates, notifier, quality_gates.allowed_lateness_days)
         held, ready = merged.held, merged.ready
         try:
             written = lake.write(
@@ -101,7 +98,7 @@ def global_orders_and_daily_revenue(
             merged.release()
         # recorded at once: committed days must not show FAILED if the revenue write then fails
         yield from day_materializations(
-            lake, GLOBAL_ORDERS, written, window, ready, breaker_metadata(fx_breaker), merged.day_metadata
+            lake, GLOBAL_ORDERS, written, window, ready, fx_rates.breaker_metadata(), merged.day_metadata
         )
     else:  # daily_revenue alone follows what global_orders holds
         present = lake.per_day(GLOBAL_ORDERS, window)
@@ -163,8 +160,6 @@ def fan_in(
     lake: Lake,
     window: DayWindow,
     fx_rates: FxRates,
-    fx_breaker: Breaker,
-    fx_retries: RetrySettings,
     notifier: Notifier,
     allowed_lateness: int,
 ) -> FanIn:
@@ -195,7 +190,7 @@ def fan_in(
             .collect()
         )
         orders = rehomed.select(REGIONAL_SCHEMA.names)
-        rates = fx_rates_for(context, orders, fx_rates, fx_breaker, fx_retries, notifier)
+        rates = fx_rates_for(context, orders, fx_rates, notifier)
     except BaseException:  # a retry or a failure: the caller never gets the frame to release
         rehomed.unpersist()
         raise
@@ -214,8 +209,6 @@ def fx_rates_for(
     context: dg.AssetExecutionContext,
     orders: DataFrame,
     fx_rates: FxRates,
-    breaker: Breaker,
-    retries: RetrySettings,
     notifier: Notifier,
 ) -> pa.Table:
     """The FX rates of every (currency, event day) of `orders`, asked of the FX service a month of
@@ -233,8 +226,7 @@ def fx_rates_for(
             context,
             "fx rates",
             functools.partial(fx_rates.rates, currencies, fx_days[i : i + DAYS_PER_FX_CALL]),
-            breaker=breaker,
-            retries=retries,
+            dependency=fx_rates,
             notifier=notifier,
         )
         for i in range(0, len(fx_days), DAYS_PER_FX_CALL)

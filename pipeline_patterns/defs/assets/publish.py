@@ -17,10 +17,10 @@ from pipeline_patterns.defs.assets.global_merge import (
     fan_in,
 )
 from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
+from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.lake import Lake
-from pipeline_patterns.defs.late_data import LateData
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
-from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings
+from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import blue_green, object_store
 from pipeline_patterns.lib.delta_writes import RefusedCommit, check_staged
@@ -34,8 +34,8 @@ NOT_NULL = {"global_orders": GLOBAL_NOT_NULL, "daily_revenue": REVENUE_NOT_NULL}
 CHECKS = ("green_files_valid", "green_revenue_reconciles", "green_matches_blue")
 
 
-class Publication(dg.ConfigurableResource):
-    """How different from blue a green may be and still be published."""
+class Publication(dg.Config):
+    """How different from blue a green may be and still be published (the launchpad's run config)."""
 
     tolerance: float = Field(
         default=0.005,
@@ -62,14 +62,12 @@ class Publication(dg.ConfigurableResource):
 )
 def green_release(
     context: dg.AssetExecutionContext,
+    config: Publication,
     spark: PySparkResource,
-    lake: Lake,
+    lake: dg.ResourceParam[Lake],
     fx_rates: FxRates,
-    fx_breaker: Breaker,
-    fx_retries: RetrySettings,
+    quality_gates: QualityGates,
     notifier: Notifier,
-    publication: Publication,
-    late_data: LateData,
 ) -> dg.MaterializeResult:
     if not object_store.is_local(lake.uri):
         raise dg.Failure(
@@ -80,9 +78,7 @@ def green_release(
             allow_retries=False,
         )
     window, session = day_window(context), spark.spark_session
-    merged = fan_in(
-        context, session, lake, window, fx_rates, fx_breaker, fx_retries, notifier, late_data.allowed_lateness_days
-    )
+    merged = fan_in(context, session, lake, window, fx_rates, notifier, quality_gates.allowed_lateness_days)
     release = blue_green.Release(
         release_id=blue_green.new_release_id(),
         start=window.start.isoformat(),
@@ -129,7 +125,7 @@ def green_release(
         blue_orders = lake.per_day(DAILY_REVENUE, window, "SUM(orders)", version=revenue.blue_version)
         blue_revenue = lake.per_day(DAILY_REVENUE, window, "SUM(revenue_usd)", version=revenue.blue_version)
         blue = {d: (int(blue_orders[d]), float(blue_revenue[d])) for d in blue_orders}
-        passed, detail = blue_green.compare_to_blue(green, blue, publication.tolerance)
+        passed, detail = blue_green.compare_to_blue(green, blue, config.tolerance)
         audit["green_matches_blue"] = {"passed": passed, "detail": detail}
     for name in CHECKS:
         audit.setdefault(name, {"passed": False, "detail": "not run: the staged files were refused"})
@@ -218,7 +214,7 @@ def current_release(lake: Lake) -> blue_green.Release:
 
 
 @dg.op(out={}, pool="fan_in", description="Publish the audited green release: one commit per table.")
-def promote_green_release(context: dg.OpExecutionContext, lake: Lake, notifier: Notifier):
+def promote_green_release(context: dg.OpExecutionContext, lake: dg.ResourceParam[Lake], notifier: Notifier):
     release = current_release(lake)
     try:
         release = blue_green.promote(lake.uri, release, PUBLISHED, NOT_NULL)
@@ -229,7 +225,7 @@ def promote_green_release(context: dg.OpExecutionContext, lake: Lake, notifier: 
 
 
 @dg.op(out={}, pool="fan_in", description="Switch the published tables back to blue: one restore commit per table.")
-def rollback_green_release(context: dg.OpExecutionContext, lake: Lake, notifier: Notifier):
+def rollback_green_release(context: dg.OpExecutionContext, lake: dg.ResourceParam[Lake], notifier: Notifier):
     release = current_release(lake)
     added = {t.name: set(lake.per_day(dg.AssetKey(t.name), release.window)) for t in release.tables}
     try:

@@ -7,7 +7,7 @@ import dagster as dg
 
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
-from pipeline_patterns.defs.resilience import Breaker, Notifier, RetrySettings, breaker_metadata, call_dependency
+from pipeline_patterns.defs.resilience import Notifier, call_dependency
 from pipeline_patterns.defs.sources import OrdersSource
 
 
@@ -17,7 +17,7 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
         partitions_def=daily_partitions,
         backfill_policy=single_run,
         group_name="landing",
-        io_manager_key="landing_io_manager",
+        io_manager_key="landing",
         kinds={"csv"},
         # Unexpected transient failures (a lost worker, a full disk that recovers); the feed's own
         # known transient errors get capped backoff through RetryRequested (resilience.py).
@@ -27,9 +27,7 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
     def raw_orders(
         context: dg.AssetExecutionContext,
         orders_source: OrdersSource,
-        landing: LandingZone,
-        source_breaker: Breaker,
-        source_retries: RetrySettings,
+        landing: dg.ResourceParam[LandingZone],
         notifier: Notifier,
     ) -> dg.MaterializeResult:
         run_id = context.run.run_id
@@ -41,8 +39,7 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
                 context,
                 f"orders feed {region} {day}",
                 functools.partial(orders_source.fetch, region, day),
-                breaker=source_breaker,
-                retries=source_retries,
+                dependency=orders_source,
                 notifier=notifier,
             )
             manifest = landing.land(region, day, run_id, delivered)
@@ -57,7 +54,7 @@ def raw_orders_asset(region: str) -> dg.AssetsDefinition:
                 "bytes": size,
                 "retries": context.retry_number,
                 "landing_dir": dg.MetadataValue.path(str(landing.root)),
-                **breaker_metadata(source_breaker),
+                **orders_source.breaker_metadata(),
             }
         )
 

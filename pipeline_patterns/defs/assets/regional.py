@@ -13,10 +13,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
-from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, LateData, format_late_days
+from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, format_late_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
 from pipeline_patterns.defs.resilience import Notifier
-from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import landing as landing_files
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.late_data import LATE_SCHEMA, left_days
@@ -62,7 +61,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     f"{region} orders that passed every blocking gate: typed, one row per order and day "
                     "(the latest delivery kept), in a Delta table partitioned by day."
                 ),
-            ).with_io_manager_key("lake_io_manager"),
+            ).with_io_manager_key("lake"),
             dg.AssetSpec(
                 quarantined_key,
                 deps=[raw_key],
@@ -72,7 +71,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     f"{region} region-days that failed a blocking gate: all their rows, with the failed "
                     "checks, the reason, the run and the time. Empty for a clean day."
                 ),
-            ).with_io_manager_key("lake_io_manager"),
+            ).with_io_manager_key("lake"),
             dg.AssetSpec(
                 too_late_key,
                 deps=[raw_key],
@@ -83,7 +82,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     "their event day (the watermark): kept with the lateness and why, never counted in a "
                     "closed day. Partitioned by feed day."
                 ),
-            ).with_io_manager_key("lake_io_manager"),
+            ).with_io_manager_key("lake"),
         ],
         check_specs=gate_specs(clean_key),
         partitions_def=daily_partitions,
@@ -95,14 +94,12 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
     def regional_orders(
         context: dg.AssetExecutionContext,
         spark: PySparkResource,
-        landing: LandingZone,
-        lake: Lake,
+        landing: dg.ResourceParam[LandingZone],
+        lake: dg.ResourceParam[Lake],
         quality_gates: QualityGates,
-        fx_rates: FxRates,
-        late_data: LateData,
         notifier: Notifier,
     ):
-        window, lateness = day_window(context), late_data.allowed_lateness_days
+        window, lateness = day_window(context), quality_gates.allowed_lateness_days
         try:
             landed = landing.inspect(region, window.days)
         except landing_files.MissingLandingDataError as error:
@@ -115,7 +112,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             region_days = judge_days(
                 staged,
                 landed,
-                settings=quality_gates.settings(fx_rates.currencies(), region),
+                settings=quality_gates.settings(region),
                 allowed_lateness=lateness,
             )
             region_days = with_left_days(spark.spark_session, lake, clean_key, staged, region_days, window, lateness)
