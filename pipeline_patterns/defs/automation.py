@@ -5,16 +5,13 @@ import json
 
 import dagster as dg
 
+from pipeline_patterns.defs.keys import DAILY_REVENUE, MONTHLY_REVENUE, REASON_TAG, REVENUE_SUMMARY
 from pipeline_patterns.defs.partitions import daily_partitions, monthly_partitions
 from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.lib import aggregates
 
-DAILY_REVENUE = dg.AssetKey("daily_revenue")
-MONTHLY_REVENUE = dg.AssetKey("monthly_revenue")
-REVENUE_SUMMARY = dg.AssetKey("revenue_summary")
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 PLANNED = dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-REASON_TAG = "pipeline_patterns/reason"
 
 daily_orders_job = dg.define_asset_job(
     "daily_orders",

@@ -5,15 +5,12 @@ import hashlib
 
 import dagster as dg
 
+from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS, REASON_TAG, REHOMES_TAG
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 
-GLOBAL_ORDERS = dg.AssetKey("global_orders")
-DAILY_REVENUE = dg.AssetKey("daily_revenue")
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 LATE_EVENT_DAYS = "late_event_days"
 REGIONAL_VERSIONS = "regional_versions"
-REASON_TAG = "pipeline_patterns/reason"
-REHOMES_TAG = "pipeline_patterns/rehomes_days"
 
 
 def format_late_days(late_days: dict[str, int]) -> str:

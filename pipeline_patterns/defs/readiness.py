@@ -8,7 +8,8 @@ from pydantic import Field
 
 from pipeline_patterns.defs.assets.global_merge import DAILY_REVENUE, GLOBAL_ORDERS
 from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
-from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
+from pipeline_patterns.defs.keys import CLOSES_TAG, REASON_TAG, raw_key
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.lib import readiness
 
 # The default time after a region's local midnight for its last deliveries to arrive.
@@ -30,16 +31,10 @@ class DayClose(dg.ConfigurableResource):
 
 
 LOOKBACK_DAYS = 3
-REASON_TAG = "pipeline_patterns/reason"
-CLOSES_TAG = "pipeline_patterns/closes"  # 'us-west 2024-01-05' or 'global 2024-01-05': filter Runs by it
 
 MATERIALIZED = dg.AssetPartitionStatus.MATERIALIZED
 IN_PROGRESS = dg.AssetPartitionStatus.IN_PROGRESS
 FAILED = dg.AssetPartitionStatus.FAILED
-
-
-def raw_key(region: str) -> dg.AssetKey:
-    return dg.AssetKey(["raw_orders", region_key(region)])
 
 
 def region_day_assets(region: str) -> list[dg.AssetKey]:

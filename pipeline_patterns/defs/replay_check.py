@@ -10,6 +10,7 @@ from pydantic import Field
 
 from pipeline_patterns.defs.assets.regional import regional_key
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.sources import FxRates
@@ -38,7 +39,7 @@ def replay_matches(
     fx_rates: FxRates,
     quality_gates: QualityGates,
 ) -> dg.AssetCheckResult:
-    day = dt.date.fromisoformat(config.day or pc.max(lake.read(dg.AssetKey("daily_revenue"))["day"]).as_py())
+    day = dt.date.fromisoformat(config.day or pc.max(lake.read(DAILY_REVENUE)["day"]).as_py())
     window = DayWindow(day, day + dt.timedelta(days=1))
     lateness = quality_gates.allowed_lateness_days
     # the day's orders are delivered on its feed day and up to `lateness` feed days after it
@@ -48,10 +49,8 @@ def replay_matches(
     currencies = sorted({c for t in regional for c in t["currency"].to_pylist()})
     days = sorted({dt.date.fromisoformat(d) for t in regional for d in pc.unique(fx_day(t["event_ts"])).to_pylist()})
     replayed_global = global_orders_table(regional, fx_rates.rates(currencies, days))
-    same_global = content_hash(replayed_global) == content_hash(lake.read(dg.AssetKey("global_orders"), window))
-    same_revenue = content_hash(daily_revenue_table(replayed_global)) == content_hash(
-        lake.read(dg.AssetKey("daily_revenue"), window)
-    )
+    same_global = content_hash(replayed_global) == content_hash(lake.read(GLOBAL_ORDERS, window))
+    same_revenue = content_hash(daily_revenue_table(replayed_global)) == content_hash(lake.read(DAILY_REVENUE, window))
     return dg.AssetCheckResult(
         passed=same_global and same_revenue,
         metadata={"day": str(window), "global_orders_identical": same_global, "daily_revenue_identical": same_revenue},

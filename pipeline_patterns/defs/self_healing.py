@@ -15,6 +15,7 @@ from pydantic import Field
 
 from pipeline_patterns.defs import automation  # the module, not its job: the defs folder must see the job once
 from pipeline_patterns.defs.assets.regional import quarantine_key
+from pipeline_patterns.defs.keys import ATTEMPT_TAG, HEALS_DAY_TAG
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.defs.resilience import Dependency, Notifier
@@ -22,8 +23,6 @@ from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib import healing
 from pipeline_patterns.lib.day_window import DayWindow
 
-HEALS_DAY_TAG = "pipeline_patterns/heals_day"
-ATTEMPT_TAG = "pipeline_patterns/healing_attempt"
 IN_PROGRESS = [s for s in BulkActionStatus if s not in BULK_ACTION_TERMINAL_STATUSES]
 
 

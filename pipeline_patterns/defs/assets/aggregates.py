@@ -4,11 +4,10 @@ sensor; a month is published only complete. See docs/backfills.md."""
 import dagster as dg
 import pyarrow as pa
 
+from pipeline_patterns.defs.keys import DAILY_REVENUE
 from pipeline_patterns.defs.partitions import monthly_partitions, single_run
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.orders import monthly_revenue_table, revenue_summary_table
-
-DAILY_REVENUE = dg.AssetKey("daily_revenue")
 
 
 @dg.asset(

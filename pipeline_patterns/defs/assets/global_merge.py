@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.late_data import REGIONAL_VERSIONS, format_versions
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
@@ -33,8 +34,6 @@ from pipeline_patterns.lib.fan_in import (
 from pipeline_patterns.lib.late_data import rehomed_frame
 from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA
 
-GLOBAL_ORDERS = dg.AssetKey("global_orders")
-DAILY_REVENUE = dg.AssetKey("daily_revenue")
 # Days of rates asked of the FX service per call: a year of backfill is 12 calls, not 365.
 DAYS_PER_FX_CALL = 31
 # What a global order always has; checked on the files before they are committed.

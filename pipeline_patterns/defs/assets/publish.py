@@ -18,6 +18,7 @@ from pipeline_patterns.defs.assets.global_merge import (
 )
 from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.keys import GREEN_RELEASE
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
 from pipeline_patterns.defs.resilience import Notifier
@@ -28,7 +29,6 @@ from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, daily_revenue_frame
 from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA
 from pipeline_patterns.lib.spark_tables import read_files, stage_window
 
-GREEN_RELEASE = dg.AssetKey("green_release")
 PUBLISHED = {"global_orders": GLOBAL_SCHEMA, "daily_revenue": DAILY_REVENUE_SCHEMA}
 NOT_NULL = {"global_orders": GLOBAL_NOT_NULL, "daily_revenue": REVENUE_NOT_NULL}
 CHECKS = ("green_files_valid", "green_revenue_reconciles", "green_matches_blue")

@@ -11,6 +11,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
+from pipeline_patterns.defs.keys import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, format_late_days
@@ -31,18 +32,6 @@ from pipeline_patterns.lib.quarantine import (
 
 # What the gates guarantee of a clean row; checked again on the files before they are committed.
 CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at")
-
-
-def regional_key(region: str) -> dg.AssetKey:
-    return dg.AssetKey(["regional_orders", region_key(region)])
-
-
-def quarantine_key(region: str) -> dg.AssetKey:
-    return dg.AssetKey(["quarantined_orders", region_key(region)])
-
-
-def late_key(region: str) -> dg.AssetKey:
-    return dg.AssetKey(["late_orders", region_key(region)])
 
 
 def regional_orders_asset(region: str) -> dg.AssetsDefinition:
