@@ -129,9 +129,9 @@ def publish_switch(args: argparse.Namespace) -> int:
 
     job = promote_green if args.publish_command == "promote" else rollback_green
     definitions = dg.Definitions(jobs=[job], resources=build_resources(environment.data_dir()))
-    if not os.environ.get("DAGSTER_HOME"):
+    if not environment.dagster_home():
         print("DAGSTER_HOME is not set: the switch is not recorded in a Dagster instance", file=sys.stderr)
-    with dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral() as instance:
+    with dg.DagsterInstance.get() if environment.dagster_home() else dg.DagsterInstance.ephemeral() as instance:
         result = definitions.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False)
     if not result.success:
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data

@@ -87,3 +87,8 @@ def alert_webhook_url() -> str:
 def slack_configured() -> bool:
     """Whether $SLACK_BOT_TOKEN is set; the token itself reaches the notifier as a dg.EnvVar."""
     return bool(os.environ.get(SLACK_TOKEN_VAR))
+
+
+def dagster_home() -> str | None:
+    """$DAGSTER_HOME: the Dagster instance a command records its runs in (unset: none)."""
+    return os.environ.get("DAGSTER_HOME") or None
