@@ -3,7 +3,6 @@
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -31,11 +30,9 @@ class DayWindow:
         if self.end <= self.start:
             raise ValueError(f"empty day window [{self.start}, {self.end})")
 
-    def predicate(self, column: str, match: Mapping[str, str] | None = None) -> str:
-        """The window on `column`, narrowed to rows whose other columns equal `match`."""
-        clauses = [f"{column} >= '{self.start.isoformat()}'", f"{column} < '{self.end.isoformat()}'"]
-        clauses += [f"{name} = '{value}'" for name, value in (match or {}).items()]
-        return " AND ".join(clauses)
+    def predicate(self, column: str) -> str:
+        """The window on `column`, as a Delta/SQL predicate."""
+        return f"{column} >= '{self.start.isoformat()}' AND {column} < '{self.end.isoformat()}'"
 
     @property
     def days(self) -> list[dt.date]:

@@ -31,12 +31,7 @@ class WriteResult:
     rows: int
 
 
-def _check_inside(
-    batch: pa.RecordBatch | pa.Table, column: str, window: DayWindow, match: Mapping[str, str], uri: str
-) -> None:
-    for name, value in match.items():
-        if not pc.all(pc.equal(batch[name], value)).as_py() and batch.num_rows:
-            raise ValueError(f"refusing to write {uri}: rows with {name} other than {value!r} in a write of {value!r}")
+def _check_inside(batch: pa.RecordBatch | pa.Table, column: str, window: DayWindow, uri: str) -> None:
     days = batch[column]
     outside = pc.or_(pc.less(days, window.start.isoformat()), pc.greater_equal(days, window.end.isoformat()))
     if pc.any(pc.fill_null(outside, True)).as_py():
@@ -53,12 +48,10 @@ def replace_window(
     window: DayWindow,
     *,
     partition_column: str = "day",
-    match: Mapping[str, str] | None = None,
     commit_metadata: Mapping[str, str] | None = None,
     storage_options: Mapping[str, str] | None = None,
 ) -> WriteResult:
-    """Replace the rows of `window` (narrowed to rows whose columns equal `match`, which are then
-    partition columns too) in the table at `uri` with `data`, in one transaction.
+    """Replace the rows of `window` in the table at `uri` with `data`, in one transaction.
 
     `data` is a table or an iterable of tables (streamed: a long range is written in bounded
     memory, still as one commit). The table is created, partitioned by `partition_column`, on first
@@ -79,7 +72,7 @@ def replace_window(
         try:
             for table in itertools.chain([first], chunks):
                 table = table.cast(schema) if table.schema != schema else table
-                _check_inside(table, partition_column, window, match or {}, uri)
+                _check_inside(table, partition_column, window, uri)
                 rows += table.num_rows
                 yield from table.to_batches()
         except BaseException as error:
@@ -91,8 +84,8 @@ def replace_window(
             uri,
             pa.RecordBatchReader.from_batches(schema, batches()),
             mode="overwrite",
-            partition_by=[partition_column, *(match or {})],
-            predicate=window.predicate(partition_column, match),
+            partition_by=[partition_column],
+            predicate=window.predicate(partition_column),
             commit_properties=CommitProperties(custom_metadata=dict(commit_metadata or {})),
             storage_options=dict(storage_options or {}),
         )

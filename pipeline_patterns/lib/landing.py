@@ -100,11 +100,6 @@ def delivered_name(file: str) -> str:
     return Path(file).name.split("-", 1)[-1]
 
 
-def day_of(file: str) -> str:
-    """The day ('YYYY-MM-DD') a landed file belongs to, from its place in the layout."""
-    return Path(file).parent.parent.name
-
-
 def read_manifest(root: Path | str, region: str, day: dt.date, storage_options: Options = None) -> Manifest | None:
     """The region-day's current extraction, None if it has none; a manifest that does not parse,
     has the wrong types, names another region-day or a file outside its folder is corrupt."""
