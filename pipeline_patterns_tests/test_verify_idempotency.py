@@ -69,22 +69,6 @@ def live(spark, tmp_path_factory) -> pathlib.Path:
     return data_dir
 
 
-def test_verify_confirms_live_tables_from_the_landing_zone_without_calling_the_source_or_writing_it(live, source_calls):
-    landing_before = landing_fingerprint(live)
-
-    comparisons = verify_range(live, *CLEAN_DAYS, resources=live_settings(live))
-
-    tables = {c.table: c for c in comparisons}
-    assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
-    assert not NOT_DAILY & set(tables), "the monthly and summary aggregates are not replayed by day"
-    assert all(c.identical and c.in_live and c.in_replay and c.rows_live == c.rows_replay for c in comparisons), (
-        comparisons
-    )
-    assert all(tables[t].rows_live > 0 for t in REGIONAL | {"global_orders", "daily_revenue"})
-    assert source_calls == []
-    assert landing_fingerprint(live) == landing_before
-
-
 def test_verify_confirms_a_quarantined_day_whatever_run_and_time_its_quarantine_rows_carry(live, source_calls):
     landing_before = landing_fingerprint(live)
 
@@ -122,12 +106,12 @@ def test_verify_refuses_to_replay_into_live_storage(live):
         verify_range(live, *CLEAN_DAYS, resources=pipeline_resources(live))
 
 
-def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0_when_identical(
-    live, monkeypatch, capsys
+def test_verify_confirms_live_tables_from_the_landing_zone_without_calling_the_source_or_writing_it(
+    live, source_calls, monkeypatch, capsys
 ):
-    """The command's default resources, sized by TEST_ENV as the live run's were; over the whole
-    range, the quarantined day included. Called in process: the command's own code, without a
-    second interpreter and JVM to start."""
+    """`pipeline-patterns verify-idempotency` with the command's default resources, sized by
+    TEST_ENV as the live run's were; over the whole range, the quarantined day included. Called in
+    process: the command's own code, without a second interpreter and JVM to start."""
     landing_before = landing_fingerprint(live)
     first, last = QUARANTINED_DAY.isoformat(), CLEAN_DAYS[-1].isoformat()
     for name, value in {**TEST_ENV, "PIPELINE_PATTERNS_DATA_DIR": str(live)}.items():
@@ -143,6 +127,8 @@ def test_the_verify_idempotency_command_prints_one_verdict_per_table_and_exits_0
     assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
     assert all(line["identical"] and line["rows_live"] == line["rows_replay"] for line in tables.values()), tables
     assert all(tables[t]["rows_live"] > 0 for t in REGIONAL | {"global_orders", "daily_revenue"})
+    assert not NOT_DAILY & set(tables), "the monthly and summary aggregates are not replayed by day"
+    assert source_calls == []
     assert landing_fingerprint(live) == landing_before
 
 
