@@ -111,7 +111,7 @@ def lake_vacuum(args: argparse.Namespace) -> int:
 
 
 def publish_status(args: argparse.Namespace) -> int:
-    from pipeline_patterns.defs.assets.publish import PUBLISHED
+    from pipeline_patterns.defs.blue_green import PUBLISHED
     from pipeline_patterns.lib.blue_green import status
 
     print(json.dumps(status(str(environment.data_dir() / "lake"), list(PUBLISHED)), indent=2))
@@ -124,7 +124,7 @@ def publish_switch(args: argparse.Namespace) -> int:
     the status."""
     import dagster as dg
 
-    from pipeline_patterns.defs.assets.publish import promote_green, rollback_green
+    from pipeline_patterns.defs.blue_green import promote_green, rollback_green
     from pipeline_patterns.defs.resources import build_resources
 
     job = promote_green if args.publish_command == "promote" else rollback_green

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.partitions import REGIONS
-from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_defects
 from pipeline_patterns_tests.helpers import TEST_ORDERS_PER_DAY
 

@@ -12,7 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from pipeline_patterns import cli
-from pipeline_patterns.defs.assets.publish import CHECKS, PUBLISHED
+from pipeline_patterns.defs.blue_green import CHECKS, PUBLISHED
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import blue_green
 from pipeline_patterns.lib.delta_writes import content_hash, read_table

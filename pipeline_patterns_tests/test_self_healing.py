@@ -12,15 +12,15 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteParti
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from pipeline_patterns.defs.automation import daily_orders_job
-from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
-from pipeline_patterns.defs.resilience import Breaker, RetrySettings
-from pipeline_patterns.defs.self_healing import (
+from pipeline_patterns.defs.healing import (
     HEALS_DAY_TAG,
     HealingPolicy,
     backfill_days,
     heal_failed_days,
     healing_decisions,
 )
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
+from pipeline_patterns.defs.resilience import Breaker, RetrySettings
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib import healing
 from pipeline_patterns.lib.delta_writes import content_hash, read_table

@@ -1,5 +1,5 @@
-"""What runs without a person: the daily schedule, the `aggregates_follow_days` sensor and the
-`notify_run_failure` sensor. See docs/backfills.md and docs/alerts.md."""
+"""What runs without a person: the daily schedule and the `aggregates_follow_days` sensor.
+See docs/backfills.md."""
 
 import json
 
@@ -7,7 +7,6 @@ import dagster as dg
 
 from pipeline_patterns.defs.keys import DAILY_REVENUE, MONTHLY_REVENUE, REASON_TAG, REVENUE_SUMMARY
 from pipeline_patterns.defs.partitions import daily_partitions, monthly_partitions
-from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.lib import aggregates
 
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
@@ -102,17 +101,4 @@ def aggregates_follow_days(context: dg.SensorEvaluationContext) -> dg.SensorResu
         run_requests=[run_request(r) for r in plan.requests],
         cursor=json.dumps(plan.requested, sort_keys=True),
         skip_reason=None if plan.requests else "; ".join(["nothing to request", *plan.waiting, up_to_date]),
-    )
-
-
-@dg.run_failure_sensor(
-    description="Sends every failed run to the notifier (final failures, held days).",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def notify_run_failure(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
-    notifier.notify(
-        "run_failed",
-        run_id=context.dagster_run.run_id,
-        job=context.dagster_run.job_name,
-        error=context.failure_event.message,
     )

@@ -1,22 +1,17 @@
 """Failure handling around external dependencies: a `Dependency` resource carries its own retry and
-breaker settings, `call_dependency` applies them; the `Notifier` resource sends the alerts.
+breaker settings, `call_dependency` applies them (and tells the `Notifier`, defs/alerts.py).
 See docs/retries_and_breaker.md and docs/alerts.md."""
 
 import dataclasses
-import datetime as dt
 import inspect
-import json
 import pathlib
-import urllib.error
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import dagster as dg
-from dagster_slack import SlackResource
 from pydantic import Field
-from slack_sdk.errors import SlackClientError
 
-from pipeline_patterns.lib import alerts
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.lib.backoff import BackoffPolicy, is_retryable
 from pipeline_patterns.lib.breaker import BreakerStatus, CircuitBreaker, CircuitOpenError, is_postgres
 
@@ -25,58 +20,6 @@ _BACKOFF = BackoffPolicy()
 _BREAKER_DEFAULTS = {
     name: p.default for name, p in inspect.signature(CircuitBreaker).parameters.items() if p.default is not p.empty
 }
-
-
-class Notifier(dg.ConfigurableResource):
-    """Where alerts go: always one JSON line per event in `path`; also a JSON POST to
-    `webhook_url` and a Slack message (dagster-slack) when those are configured."""
-
-    path: str = Field(
-        description="The JSON-lines file events are appended to (default <data dir>/notifications.jsonl)."
-    )
-    webhook_url: str = Field(default="", description="POST every event as JSON here; empty: off.")
-    webhook_retries: int = Field(default=3, description="Retries of a webhook POST that failed transiently.")
-    webhook_base_delay: float = Field(
-        default=0.5, description="Seconds before the first webhook retry (doubling, cap 10 s)."
-    )
-    slack_token: str = Field(
-        default="", description="Slack bot token, as dg.EnvVar('SLACK_BOT_TOKEN'); empty: Slack off."
-    )
-    slack_channel: str = Field(default="#data-alerts", description="The Slack channel events are posted to.")
-    slack_api_url: str = Field(default="https://slack.com/api/", description="The Slack Web API base URL.")
-
-    def notify(self, event: str, **fields: object) -> None:
-        record = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event, **fields}
-        self._append(record)
-        if self.webhook_url:
-            policy = BackoffPolicy(base_delay=self.webhook_base_delay, max_delay=10.0, max_retries=self.webhook_retries)
-            attempts, error = alerts.post_json(self.webhook_url, record, policy)
-            if error:
-                self._append(
-                    {
-                        **record,
-                        "event": "alert_undelivered",
-                        "channel": "webhook",
-                        "of": event,
-                        "attempts": attempts,
-                        "error": error,
-                    }
-                )
-        if self.slack_token:
-            client = SlackResource(token=self.slack_token).get_client()
-            client.base_url = self.slack_api_url
-            try:
-                client.chat_postMessage(channel=self.slack_channel, text=alerts.slack_text(record))
-            except (SlackClientError, urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                self._append(
-                    {**record, "event": "alert_undelivered", "channel": "slack", "of": event, "error": repr(error)}
-                )
-
-    def _append(self, record: dict[str, object]) -> None:
-        target = pathlib.Path(self.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("a") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
 
 
 class RetrySettings(dg.Config):

@@ -12,12 +12,13 @@ from dagster_deltalake import LocalConfig, S3Config
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns import environment
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.healing import HealingPolicy
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.readiness import DayClose
-from pipeline_patterns.defs.resilience import Breaker, Notifier
-from pipeline_patterns.defs.self_healing import HealingPolicy
+from pipeline_patterns.defs.resilience import Breaker
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib.spark_tables import spark_settings
 

@@ -13,13 +13,14 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.late_data import REGIONAL_VERSIONS, format_versions
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
-from pipeline_patterns.defs.resilience import Notifier, call_dependency
+from pipeline_patterns.defs.resilience import call_dependency
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import WriteResult
@@ -164,7 +165,7 @@ def fan_in(
 ) -> FanIn:
     """The fan-in of `window` from the live regional tables: which days are ready, and their
     global orders in USD. One home for the computation: `global_orders` writes it, the green
-    build of blue-green publication (assets/publish.py) stages it.
+    build of blue-green publication (defs/blue_green.py) stages it.
 
     A day is ready when its four region-days (feed days) are clean; its orders are those whose
     EVENT day it is, from its own feed day and the `allowed_lateness` feed days after it, the

@@ -5,9 +5,10 @@ import functools
 
 import dagster as dg
 
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
-from pipeline_patterns.defs.resilience import Notifier, call_dependency
+from pipeline_patterns.defs.resilience import call_dependency
 from pipeline_patterns.defs.sources import OrdersSource
 
 

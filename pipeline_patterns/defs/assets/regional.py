@@ -10,13 +10,13 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
 from pipeline_patterns.defs.keys import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, format_late_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
-from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.lib import landing as landing_files
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.late_data import LATE_SCHEMA, left_days

@@ -14,11 +14,12 @@ from dagster._core.execution.backfill import (  # not exported at the top level 
 from pydantic import Field
 
 from pipeline_patterns.defs import automation  # the module, not its job: the defs folder must see the job once
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.assets.regional import quarantine_key
 from pipeline_patterns.defs.keys import ATTEMPT_TAG, HEALS_DAY_TAG
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
-from pipeline_patterns.defs.resilience import Dependency, Notifier
+from pipeline_patterns.defs.resilience import Dependency
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib import healing
 from pipeline_patterns.lib.day_window import DayWindow

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
+from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.assets.global_merge import (
     DAILY_REVENUE,
     GLOBAL_NOT_NULL,
@@ -21,7 +22,6 @@ from pipeline_patterns.defs.checks import QualityGates
 from pipeline_patterns.defs.keys import GREEN_RELEASE
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
-from pipeline_patterns.defs.resilience import Notifier
 from pipeline_patterns.defs.sources import FxRates
 from pipeline_patterns.lib import blue_green, object_store
 from pipeline_patterns.lib.delta_writes import RefusedCommit, check_staged
