@@ -102,22 +102,24 @@ def _records(lines: list[bytes], header_seen: bool) -> tuple[list[str], bool]:
 def regional_orders_frame(
     spark: SparkSession, files: list[str], storage_options: Mapping[str, str] | None = None
 ) -> DataFrame:
-    """Typed, deduplicated orders of the landed files: one row per (day, order_id), the latest
-    delivery kept, with `duplicates` (other deliveries that are true copies of the kept row) and
-    `superseded` (older deliveries with other content, replaced by the kept newest one). A parse
+    """Typed, deduplicated orders of the landed files: one row per (day, order identity), the
+    latest delivery kept, with `duplicates` (other deliveries that are true copies of the kept
+    row), `superseded` (older deliveries with other content, replaced by the kept newest one) and
+    `ids_normalised` (deliveries whose raw order id `identity_sql` changed). A parse
     error in ANY delivery of the order is carried onto the kept row, so a malformed delivery is
     quarantined rather than silently outranked."""
     landed = landed_rows(spark, files, storage_options)
     # SQL text, not Column objects: each Column built through py4j costs JVM round trips
     typed = landed.selectExpr(
-        "nullif(trim(order_id), '') AS order_id",
-        "nullif(trim(user_id), '') AS user_id",
+        f"{identity_sql('order_id')} AS order_id",
+        f"{identity_sql('user_id')} AS user_id",
         "trim(region) AS region",
         f"{_double('amount')} AS amount",
         "upper(trim(currency)) AS currency",
         f"{_timestamp('event_ts')} AS event_ts",
-        "trim(batch_id) AS batch_id",
+        f"{identity_sql('batch_id')} AS batch_id",
         f"{_timestamp('delivered_at')} AS delivered_at",
+        "order_id AS _raw_order_id",
         f"regexp_extract(_path, {_sql_string(landing.DAY_IN_PATH)}, 1) AS day",
         "concat_ws(',', CASE WHEN _corrupt_record IS NOT NULL THEN 'malformed_line' END, "
         + ", ".join(
@@ -136,11 +138,16 @@ def regional_orders_frame(
         + ", ".join(f"coalesce(cast({c} AS STRING), '\\u0000')" for c in ORDER_COLUMNS)
         + ") AS _signature"
     )
-    fields = [c for c in typed.columns if c != "day"]
+    fields = [c for c in typed.columns if c not in ("day", "_raw_order_id")]
     deliveries = (
-        typed.selectExpr("*", signature, "coalesce(order_id, concat('\\u0000', monotonically_increasing_id())) AS _key")
+        typed.selectExpr(
+            "*",
+            signature,
+            "coalesce(order_id, concat('\\u0000', monotonically_increasing_id())) AS _key",
+            "coalesce(order_id != _raw_order_id, false) AS _id_changed",  # a raw id the identity changed
+        )
         .groupBy("day", "_key")
-        .agg(F.expr(f"collect_list(struct({', '.join([*fields, '_signature'])}))").alias("_d"))
+        .agg(F.expr(f"collect_list(struct({', '.join([*fields, '_signature', '_id_changed'])}))").alias("_d"))
         .selectExpr("day", f"array_sort(_d, {_NEWEST_FIRST}) AS _d")
     )
     errors = "filter(transform(_d, x -> x.parse_errors), e -> e IS NOT NULL AND e != '')"
@@ -151,7 +158,25 @@ def regional_orders_frame(
         f"array_join(array_sort(array_distinct({errors})), ',') AS parse_errors",
         f"CAST({copies} - 1 AS BIGINT) AS duplicates",
         f"CAST(size(_d) - {copies} AS BIGINT) AS superseded",
+        "CAST(size(filter(_d, x -> x._id_changed)) AS BIGINT) AS ids_normalised",
     )
+
+
+# An order's identity, one definition applied as the landed files are parsed (ids of users and
+# batches too): zero-width characters removed (U+200B..U+200D, U+2060, U+FEFF: invisible, so no
+# source means them), whitespace trimmed, Unicode's too (no-break and ideographic spaces, tabs:
+# Java's (?U)\s is Unicode White_Space), then Unicode NFC ('e' + combining acute is 'é'); blank
+# is no id. Spark SQL has no NFC function; ICU4J's Normalizer, which Spark itself ships for its
+# collations, does it in the JVM through `reflect`, so no row travels to a Python worker.
+ZERO_WIDTH = r"[\u200B-\u200D\u2060\uFEFF]"
+EDGE_SPACE = r"(?U)^\s+|\s+$"
+
+
+def identity_sql(name: str) -> str:
+    """SQL: the column as an identity (see above), null when nothing is left."""
+    cleaned = f"regexp_replace(regexp_replace({name}, {_sql_string(ZERO_WIDTH)}, ''), {_sql_string(EDGE_SPACE)}, '')"
+    nfc = f"reflect('com.ibm.icu.text.Normalizer', 'compose', {cleaned}, false)"  # compose(text, compat=false): NFC
+    return f"nullif(CASE WHEN {name} IS NOT NULL THEN {nfc} END, '')"  # the Normalizer fails on null
 
 
 def _sql_string(text: str) -> str:
@@ -202,6 +227,7 @@ STAGED_SCHEMA = pa.schema(
         pa.field("parse_errors", pa.string()),
         pa.field("duplicates", pa.int64()),
         pa.field("superseded", pa.int64()),
+        pa.field("ids_normalised", pa.int64()),
     ]
 )
 

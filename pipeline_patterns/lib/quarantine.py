@@ -57,6 +57,9 @@ class RegionDay:
     late_days: dict[str, int] = dataclasses.field(default_factory=dict)
     """Earlier event day -> rows of this delivery within the allowed lateness: the global days
     this delivery touches besides its own (whichever branch the day takes)."""
+    ids_normalised: int = 0
+    """Landed rows whose raw order id the order identity changed (trimmed, zero-width characters
+    removed, NFC): a variant of an id is the same order, so its correction replaces it."""
 
     @property
     def failed_checks(self) -> list[str]:
@@ -113,16 +116,17 @@ def judge(
     what the landing zone holds for the day (its records, drifted and refused files); its rows'
     lateness is counted against `allowed_lateness` (lib/late_data.py)."""
     gate = DayJudge(dt.date.fromisoformat(day), settings, landed, repeated)
-    duplicates = superseded = too_late = 0
+    duplicates = superseded = too_late = normalised = 0
     late_days: dict[str, int] = {}
     for batch in batches:
-        duplicates += pc.sum(batch["duplicates"]).as_py() or 0
-        superseded += pc.sum(batch["superseded"]).as_py() or 0
+        duplicates += _total(batch, "duplicates")
+        superseded += _total(batch, "superseded")
+        normalised += _total(batch, "ids_normalised")
         late, earlier = late_day_counts(batch, day, allowed_lateness)
         too_late += late
         for event_day, rows in earlier.items():
             late_days[event_day] = late_days.get(event_day, 0) + rows
-        gate.add(batch.drop_columns(["duplicates", "superseded"]))
+        gate.add(batch.drop_columns([c for c in STAGE_COUNTS if c in batch.column_names]))
     return RegionDay(
         day,
         gate.rows,
@@ -133,7 +137,17 @@ def judge(
         landed.refused,
         too_late,
         dict(sorted(late_days.items())),
+        normalised,
     )
+
+
+# What the deduplication counted per kept row (`STAGED_SCHEMA`), summed per day; not judged.
+STAGE_COUNTS = ("duplicates", "superseded", "ids_normalised")
+
+
+def _total(batch: pa.Table, column: str) -> int:
+    """The day's total of a stage count (0 when a hand-made batch leaves it out)."""
+    return int(pc.sum(batch[column]).as_py() or 0) if column in batch.column_names else 0
 
 
 def judge_days(

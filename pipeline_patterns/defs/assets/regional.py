@@ -229,6 +229,8 @@ def report_region_day(
             "rows_landed": d.landed,
             "duplicates_dropped": d.duplicates,
             "superseded_dropped": d.superseded,
+            # raw order ids the order identity changed (lib/orders.py identity_sql)
+            "ids_normalised": d.ids_normalised,
             "rows_quarantined": d.quarantined_rows,
             "rows_too_late": d.too_late_rows,
             # the global days this delivery touches besides its own: the late_data_rehomes_days
