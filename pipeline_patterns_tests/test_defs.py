@@ -132,6 +132,7 @@ def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
         "order_id_not_null",
         "user_id_not_null",
         "order_id_unique",
+        "deliveries_ordered",
         "volume_within_bounds",
         "amount_non_negative",
         "required_fields_present",

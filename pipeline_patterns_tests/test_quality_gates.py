@@ -312,3 +312,21 @@ def test_a_landed_row_the_stages_lost_breaks_the_accounting():
 
 def landed_records(records: int) -> landing.LandedDay:
     return landing.LandedDay("us-east", DAY.isoformat(), ["b00.csv"], records, [], [])
+
+
+# deliveries_ordered reads what the deduplication counted: a kept row with a delivery tied to it
+# (hand-made rows without the count have no deliveries to order)
+FAILING["deliveries_ordered"] = (orders(ordering_ties=[0, 1, 0]), None)
+
+
+def test_a_tie_between_deliveries_of_an_order_quarantines_the_day_saying_what_to_do():
+    tied = staged(orders(ordering_ties=[0, 1, 0]), [0, 0, 0], [0, 1, 0])
+    verdict = judge(DAY.isoformat(), [tied], landed=landed_records(4), settings=SETTINGS)
+    assert verdict.branch == "quarantined" and verdict.failed_checks == ["deliveries_ordered"] and verdict.accounted
+    assert verdict.reason.startswith("deliveries_ordered: 1 of 3 rows (e.g. o2); the whole day quarantined (two ")
+    assert "have the source redeliver the order with a later delivery time or batch" in verdict.reason
+
+
+def test_a_batch_id_longer_than_the_key_limit_is_implausible():
+    bad = outcome(orders(batch_id=["b", "b" * (SETTINGS.max_key_length + 1), "b"]), "keys_plausible")
+    assert not bad.passed and bad.failing_rows == 1 and bad.sample_keys == ["o2"]

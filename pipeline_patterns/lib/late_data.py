@@ -10,7 +10,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from pipeline_patterns.lib.orders import ORDER_COLUMNS, REGIONAL_SCHEMA
+from pipeline_patterns.lib.orders import ORDER_COLUMNS, REGIONAL_SCHEMA, batch_sequence
 
 # A re-homed order: `day` is its event day, `feed_day` the day of the delivery that won.
 REHOMED_SCHEMA = REGIONAL_SCHEMA.append(pa.field("feed_day", pa.string()))
@@ -73,8 +73,9 @@ def too_late_reason(allowed_lateness: int) -> str:
 
 
 def _newest_first(row: dict) -> tuple:
-    """Sort key: newest delivery first (delivery time, then batch id, descending, nulls last),
-    ties broken on every other column, so the winner never depends on arrival order."""
+    """Sort key: newest delivery first (delivery time, then batch sequence: numbers as numbers,
+    then batch id, descending, nulls last; as lib/orders.py orders a day's deliveries), ties
+    broken on every other column, so the winner never depends on arrival order."""
 
     def desc(value: dt.datetime | str | None) -> tuple[int, float | _Reversed]:  # None sorts last
         if value is None:
@@ -86,6 +87,7 @@ def _newest_first(row: dict) -> tuple:
 
     return (
         desc(row["delivered_at"]),
+        desc(batch_sequence(row["batch_id"])),
         desc(row["batch_id"]),
         *(asc(row[c]) for c in ORDER_COLUMNS[1:]),
         asc(row["feed_day"]),

@@ -3,6 +3,7 @@ in Arrow (the fan-in itself is fan_in.py). See docs/fan_out_fan_in.md."""
 
 import codecs
 import datetime as dt
+import re
 from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
@@ -145,13 +146,20 @@ def regional_orders_frame(
             signature,
             "coalesce(order_id, concat('\\u0000', monotonically_increasing_id())) AS _key",
             "coalesce(order_id != _raw_order_id, false) AS _id_changed",  # a raw id the identity changed
+            f"{batch_sequence_sql('batch_id')} AS _batch_sequence",
         )
         .groupBy("day", "_key")
-        .agg(F.expr(f"collect_list(struct({', '.join([*fields, '_signature', '_id_changed'])}))").alias("_d"))
+        .agg(F.expr(f"collect_list(struct({', '.join([*fields, *_DELIVERY_KEYS])}))").alias("_d"))
         .selectExpr("day", f"array_sort(_d, {_NEWEST_FIRST}) AS _d")
     )
     errors = "filter(transform(_d, x -> x.parse_errors), e -> e IS NOT NULL AND e != '')"
     copies = "size(filter(_d, x -> x._signature = _d[0]._signature))"  # the kept row included
+    # deliveries as new as the kept one on every ordering field but saying something else: which
+    # one is the correction is unknown (the deliveries_ordered gate quarantines the day)
+    ties = (
+        "size(filter(_d, x -> x.delivered_at <=> _d[0].delivered_at AND x._batch_sequence <=> _d[0]._batch_sequence "
+        "AND x._signature != _d[0]._signature))"
+    )
     return deliveries.selectExpr(
         *[f"_d[0].{c} AS {c}" for c in fields if c != "parse_errors"],
         "day",
@@ -159,6 +167,7 @@ def regional_orders_frame(
         f"CAST({copies} - 1 AS BIGINT) AS duplicates",
         f"CAST(size(_d) - {copies} AS BIGINT) AS superseded",
         "CAST(size(filter(_d, x -> x._id_changed)) AS BIGINT) AS ids_normalised",
+        f"CAST({ties} AS BIGINT) AS ordering_ties",
     )
 
 
@@ -179,6 +188,11 @@ def identity_sql(name: str) -> str:
     return f"nullif(CASE WHEN {name} IS NOT NULL THEN {nfc} END, '')"  # the Normalizer fails on null
 
 
+# What each delivery carries besides its fields: its batch sequence, its content's signature and
+# whether the identity changed its raw order id.
+_DELIVERY_KEYS = ("_batch_sequence", "_signature", "_id_changed")
+
+
 def _sql_string(text: str) -> str:
     """`text` as a Spark SQL string literal (backslashes and quotes escaped, as Spark's parser
     reads them by default: `spark.sql.parser.escapedStringLiterals` false; the session never
@@ -195,15 +209,42 @@ def _nulls_last(field: str, descending: bool = False) -> str:
     )
 
 
-# Newest delivery first; ties broken on every column, so the kept row never depends on the order
-# Spark reads the files in.
+# Newest delivery first: by delivery time, then by batch sequence (numbers as numbers); ties
+# broken on the batch id's text and every column, so the kept row never depends on the order
+# Spark reads the files in (a tie with other content is counted: `ordering_ties`).
 _NEWEST_FIRST = (
     "(l, r) -> CASE "
     + _nulls_last("delivered_at", descending=True)
+    + _nulls_last("_batch_sequence", descending=True)
     + _nulls_last("batch_id", descending=True)
     + "".join(_nulls_last(c) for c in [*ORDER_COLUMNS[1:], "parse_errors"])
     + "ELSE 0 END"
 )
+
+
+# A batch id as a sequence that compares numbers as numbers (natural order: 'b9' < 'b10' <
+# 'b10a'): each run of ASCII digits becomes \x01, its length without leading zeros in ten digits,
+# then those digits; text stays as it is. 'b09' and 'b9' are the same sequence.
+def batch_sequence(batch_id: str | None) -> str | None:
+    """The natural-order key of a batch id (None for none); `batch_sequence_sql` in Spark SQL."""
+    if batch_id is None:
+        return None
+    return "".join(_number_key(t) if t[0].isdigit() else t for t in re.findall(r"[0-9]+|[^0-9]+", batch_id))
+
+
+def _number_key(digits: str) -> str:
+    significant = digits.lstrip("0")
+    return f"\x01{len(significant):010d}{significant}"
+
+
+def batch_sequence_sql(name: str) -> str:
+    """SQL: `batch_sequence` of the column (the same key, so both engines order batches alike)."""
+    runs = f"regexp_extract_all({name}, '[0-9]+|[^0-9]+', 0)"
+    key = (
+        "t -> CASE WHEN t RLIKE '^[0-9]' THEN concat('\\u0001', lpad(CAST(length(regexp_replace(t, '^0+', '')) "
+        "AS STRING), 10, '0'), regexp_replace(t, '^0+', '')) ELSE t END"
+    )
+    return f"CASE WHEN {name} IS NOT NULL THEN array_join(transform({runs}, {key}), '') END"
 
 
 # A whole ISO 8601 instant: Spark alone reads a cut-off '2024-01-02T1' as 01:00 and a bare date as
@@ -228,6 +269,7 @@ STAGED_SCHEMA = pa.schema(
         pa.field("duplicates", pa.int64()),
         pa.field("superseded", pa.int64()),
         pa.field("ids_normalised", pa.int64()),
+        pa.field("ordering_ties", pa.int64()),
     ]
 )
 

@@ -249,6 +249,7 @@ def _reason(failures: list[RuleOutcome], rows: int) -> str:
     day is quarantined all the same) with sample ids, or the rule's details for day-level rules."""
     return "; ".join(
         f"{f.rule}: {f.failing_rows} of {rows} rows (e.g. {', '.join(f.sample_keys[:3])}); the whole day quarantined"
+        + (f" ({f.details['remedy']})" if "remedy" in f.details else "")
         if f.failing_rows
         else f"{f.rule}: {f.details}"
         for f in failures

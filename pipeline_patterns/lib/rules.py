@@ -28,12 +28,15 @@ class GateSettings:
     max_delivery_delay_days: float = 7.0
     """Latest delivery time a feed day may carry, after the day's end."""
     max_key_length: int = 256
-    """Longest order or user id accepted: a huge value is a broken line or an attack, not an id."""
+    """Longest order, user or batch id accepted: a huge value is a broken line or an attack, not an id."""
     known_currencies: tuple[str, ...] = ()
     """The currencies the FX service has rates for (the gate asks the service, not the feed)."""
     region: str = ""
     """The region whose feed is judged: a row of another region is quarantined ('' checks none)."""
 
+
+# Columns the parse and deduplication stage adds to the judged rows (`STAGED_SCHEMA`), not data.
+STAGE_COLUMNS = ("parse_errors", "ordering_ties")
 
 RowCheck = Callable[[pa.Table, dt.date, GateSettings], tuple[pa.Array | pa.ChunkedArray | None, dict[str, object]]]
 """A row rule's check: (orders, feed day, settings) -> (mask of failing rows, or None when the rule
@@ -119,14 +122,30 @@ def _required_present(
     return missing, {"columns": ", ".join(REQUIRED)}
 
 
+KEYS = ("order_id", "user_id", "batch_id")
+
+
 def _keys_plausible(
     orders: pa.Table, day: dt.date, settings: GateSettings
 ) -> tuple[pa.ChunkedArray, dict[str, object]]:
-    too_long = pc.or_(
-        pc.greater(pc.utf8_length(orders["order_id"]), settings.max_key_length),
-        pc.greater(pc.utf8_length(orders["user_id"]), settings.max_key_length),
-    )
-    return pc.fill_null(too_long, False), {"max_key_length": settings.max_key_length}
+    too_long = pc.greater(pc.utf8_length(orders[KEYS[0]]), settings.max_key_length)
+    for column in KEYS[1:]:
+        too_long = pc.or_(too_long, pc.greater(pc.utf8_length(orders[column]), settings.max_key_length))
+    return pc.fill_null(too_long, False), {"max_key_length": settings.max_key_length, "columns": ", ".join(KEYS)}
+
+
+TIE_REMEDY = (
+    "two deliveries of an order tie on delivery time and batch sequence but differ in content, so which one is "
+    "the correction is unknown: have the source redeliver the order with a later delivery time or batch"
+)
+
+
+def _deliveries_ordered(
+    orders: pa.Table, day: dt.date, settings: GateSettings
+) -> tuple[pa.ChunkedArray | None, dict[str, object]]:
+    if "ordering_ties" not in orders.column_names:  # rows not from the deduplication: no deliveries to order
+        return None, {"remedy": TIE_REMEDY}
+    return pc.fill_null(pc.greater(orders["ordering_ties"], 0), False), {"remedy": TIE_REMEDY}
 
 
 def _region_matches(
@@ -196,7 +215,7 @@ def _schema(facts: DayFacts, day: dt.date, settings: GateSettings) -> tuple[bool
     expected = {f.name: str(f.type) for f in REGIONAL_SCHEMA}
     actual = {k: v for k, v in facts.columns.items() if k in expected}
     drift = {k: f"{actual.get(k, 'missing')} (expected {v})" for k, v in expected.items() if actual.get(k) != v}
-    extra = sorted(set(facts.columns) - set(expected) - {"parse_errors"})
+    extra = sorted(set(facts.columns) - set(expected) - set(STAGE_COLUMNS))
     header_drift = facts.landed.drift if facts.landed else []
     return bool(drift or extra or header_drift), {
         "drift": str(drift) if drift else "none",
@@ -243,6 +262,13 @@ RULES: list[RowRule | DayRule] = [
     RowRule("order_id_not_null", "Every order has an order_id.", True, _not_null("order_id")),
     RowRule("user_id_not_null", "Every order has a user_id.", True, _not_null("user_id")),
     DayRule("order_id_unique", "One row per order and day after deduplication.", True, _unique_order_id),
+    RowRule(
+        "deliveries_ordered",
+        "The newest delivery of every order is known: no two deliveries tie on delivery time and batch sequence "
+        "with different content.",
+        True,
+        _deliveries_ordered,
+    ),
     DayRule("volume_within_bounds", "The day's order count is within the configured bounds.", True, _volume),
     RowRule(
         "required_fields_present",
@@ -250,7 +276,9 @@ RULES: list[RowRule | DayRule] = [
         True,
         _required_present,
     ),
-    RowRule("keys_plausible", "Order and user ids are at most max_key_length characters.", True, _keys_plausible),
+    RowRule(
+        "keys_plausible", "Order, user and batch ids are at most max_key_length characters.", True, _keys_plausible
+    ),
     RowRule("region_matches", "Every row belongs to the region whose feed delivered it.", True, _region_matches),
     RowRule("amount_plausible", "Every amount is a finite number no larger than max_amount.", True, _amount_plausible),
     RowRule("amount_non_negative", "No negative amounts.", True, _amount_non_negative),
