@@ -14,6 +14,8 @@ from slack_sdk.errors import SlackClientError
 from pipeline_patterns.lib import alerts
 from pipeline_patterns.lib.backoff import BackoffPolicy
 
+WEBHOOK_RETRIES = 3  # a webhook POST that failed transiently is retried this often, then recorded as undelivered
+
 
 class Notifier(dg.ConfigurableResource):
     """Where alerts go: always one JSON line per event in `path`; also a JSON POST to
@@ -23,7 +25,6 @@ class Notifier(dg.ConfigurableResource):
         description="The JSON-lines file events are appended to (default <data dir>/notifications.jsonl)."
     )
     webhook_url: str = Field(default="", description="POST every event as JSON here; empty: off.")
-    webhook_retries: int = Field(default=3, description="Retries of a webhook POST that failed transiently.")
     webhook_base_delay: float = Field(
         default=0.5, description="Seconds before the first webhook retry (doubling, cap 10 s)."
     )
@@ -37,7 +38,7 @@ class Notifier(dg.ConfigurableResource):
         record = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event, **fields}
         self._append(record)
         if self.webhook_url:
-            policy = BackoffPolicy(base_delay=self.webhook_base_delay, max_delay=10.0, max_retries=self.webhook_retries)
+            policy = BackoffPolicy(base_delay=self.webhook_base_delay, max_delay=10.0, max_retries=WEBHOOK_RETRIES)
             attempts, error = alerts.post_json(self.webhook_url, record, policy)
             if error:
                 self._append(
