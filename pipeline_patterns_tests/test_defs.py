@@ -36,8 +36,8 @@ def test_inventory_of_assets_and_groups():
     assert {key: spec.group_name for key, spec in specs.items()} == {
         **{f"raw_orders/{r}": "landing" for r in REGIONAL},
         **{f"regional_orders/{r}": "regional" for r in REGIONAL},
-        **{f"quarantined_orders/{r}": "regional" for r in REGIONAL},
-        **{f"late_orders/{r}": "regional" for r in REGIONAL},
+        **{f"quarantined_orders/{r}": "quarantine" for r in REGIONAL},
+        **{f"late_orders/{r}": "late" for r in REGIONAL},
         "global_orders": "global",
         "daily_revenue": "revenue",
         "monthly_revenue": "aggregates",

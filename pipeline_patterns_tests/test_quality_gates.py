@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key, regional_orders_assets, run_outcome
+from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import read_table
@@ -258,8 +259,12 @@ def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(default_ra
     assert per_day[("regional_orders", "2024-01-05")]["dagster/row_count"].value == 0
     assert per_day[("quarantined_orders", "2024-01-05")]["dagster/row_count"].value == TEST_ORDERS_PER_DAY
     assert per_day[("quarantined_orders", "2024-01-05")]["failed_checks"].value == "user_id_not_null"
+    assert per_day[("regional_orders", "2024-01-05")]["run_outcome"].value.startswith(
+        "quarantined: global_orders holds"
+    )
     for day in ("2024-01-04", "2024-01-06"):
         assert per_day[("regional_orders", day)]["branch"].value == "processed"
+        assert "2024-01-05" in per_day[("regional_orders", day)]["run_outcome"].value  # why its run is red
         assert per_day[("regional_orders", day)]["dagster/row_count"].value == TEST_ORDERS_PER_DAY
         assert per_day[("quarantined_orders", day)]["dagster/row_count"].value == 0
     evaluations = [
@@ -312,6 +317,60 @@ def test_a_landed_row_the_stages_lost_breaks_the_accounting():
 
 def landed_records(records: int) -> landing.LandedDay:
     return landing.LandedDay("us-east", DAY.isoformat(), ["b00.csv"], records, [], [])
+
+
+def test_each_days_check_verdict_names_its_day_first_so_the_history_rows_differ():
+    good = judge(DAY.isoformat(), [staged(orders(), [0, 0, 0], [0, 0, 0])], landed=landed_records(3), settings=SETTINGS)
+    bad_day = (DAY + dt.timedelta(days=1)).isoformat()
+    bad = judge(
+        bad_day,
+        [staged(orders(user_id=[None, "u2", "u3"], day=[bad_day] * 3), [0, 0, 0], [0, 0, 0])],
+        landed=landing.LandedDay("us-east", bad_day, ["b00.csv"], 3, [], []),
+        settings=SETTINGS,
+    )
+    key = regional_key("us-east")
+    for d in (good, bad):
+        for evaluation in day_evaluations(key, d):
+            assert evaluation.partition == d.day and evaluation.metadata["day"].value == d.day
+            assert evaluation.description and evaluation.description.startswith(f"{d.day}: ")
+    by_check = {e.check_name: e.description for e in day_evaluations(key, bad)}
+    assert by_check["user_id_not_null"] == f"{bad_day}: failed on 1 row; the region-day is quarantined"
+    assert by_check["rows_accounted"] == f"{bad_day}: every landed row accounted for"
+    # the run's own result over the days says which days it covers
+    summary = {r.check_name: r for r in gate_results({good.day: good.outcomes, bad.day: bad.outcomes})}
+    assert summary["user_id_not_null"].description == (
+        f"{good.day}...{bad_day} (2 days; each day also has its own row): failed on {bad_day}"
+    )
+    assert gate_results({good.day: good.outcomes})[0].description.startswith(f"{good.day}: ")
+    assert accounting_result([good]).description == f"{good.day}: every landed row accounted for"
+
+
+def test_a_processed_day_says_why_its_run_may_be_red_and_a_quarantined_day_that_it_is_held():
+    good = judge(DAY.isoformat(), [staged(orders(), [0, 0, 0], [0, 0, 0])], landed=landed_records(3), settings=SETTINGS)
+    bad = judge(
+        DAY.isoformat(),
+        [staged(orders(user_id=[None, "u2", "u3"]), [0, 0, 0], [0, 0, 0])],
+        landed=landed_records(3),
+        settings=SETTINGS,
+    )
+    assert "fan-in holds a day" in run_outcome(good, []) and "this region holds" not in run_outcome(good, [])
+    assert run_outcome(good, ["2024-01-05"]).endswith("this region holds 2024-01-05 in this run")
+    assert run_outcome(bad, [bad.day]).startswith(f"quarantined: global_orders holds {bad.day}")
+
+
+def test_each_regional_nodes_kind_and_first_description_line_name_its_branch():
+    """The lineage view labels all three nodes of a region with the region; the kind tag (shown on
+    the node by default) and the description's first line tell the branch."""
+    specs = {spec.key: spec for assets in regional_orders_assets for spec in assets.specs}
+    for region in REGIONS:
+        clean, quarantine = specs[regional_key(region)], specs[quarantine_key(region)]
+        late = specs[dg.AssetKey(["late_orders", quarantine_key(region).path[1]])]
+        assert "clean" in clean.kinds and "quarantine" in quarantine.kinds and "late" in late.kinds
+        # the lineage view opens with groups collapsed: one group per branch shows the branches
+        assert (clean.group_name, quarantine.group_name, late.group_name) == ("regional", "quarantine", "late")
+        assert (clean.description or "").splitlines()[0] == f"Clean rows of {region}."
+        assert (quarantine.description or "").splitlines()[0] == f"Quarantine of {region}."
+        assert (late.description or "").splitlines()[0] == f"Too late for {region}."
 
 
 # deliveries_ordered reads what the deduplication counted: a kept row with a delivery tied to it

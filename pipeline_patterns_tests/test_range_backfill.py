@@ -157,6 +157,10 @@ def test_every_check_has_a_verdict_for_every_day_of_the_range(backfill):
                 dg.AssetCheckKey(key, check), limit=50
             )
             by_day = {r.partition: r.status.value for r in records if r.run_id == result.run_id and r.partition}
+            for r in records:  # the history lists descriptions, not partitions: each names its day first
+                if r.run_id == result.run_id and r.partition:
+                    evaluation = r.event.asset_check_evaluation if r.event else None
+                    assert evaluation and (evaluation.description or "").startswith(f"{r.partition}: ")
             bad_days = {d for r, d in BAD if r == region}
             expected = {
                 d: "FAILED" if check != "rows_accounted" and d in bad_days and _fails(check, region, d) else "SUCCEEDED"

@@ -86,9 +86,18 @@ def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return specs
 
 
+def days_label(days: list[str]) -> str:
+    """How a check result names the days it judged, first in its description: the check's
+    execution history shows the description, not the partition, so rows are told apart by it."""
+    if len(days) == 1:
+        return days[0]
+    return f"{days[0]}...{days[-1]} ({len(days)} days; each day also has its own row)"
+
+
 def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.AssetCheckResult]:
     """One result per rule over the run's days: passed when every day passed; a failure names
     its days and sample rows."""
+    label = days_label(list(outcomes_by_day))
     results = []
     for rule in RULES:
         day_outcomes = {
@@ -107,7 +116,8 @@ def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.Asset
                 check_name=rule.name,
                 passed=not failed,
                 severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
-                metadata=metadata,
+                metadata={"days": label, **metadata},
+                description=f"{label}: " + (f"failed on {', '.join(failed)}" if failed else "passed"),
             )
         )
     return results
@@ -115,10 +125,13 @@ def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.Asset
 
 def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
     lost = [d.day for d in region_days if not d.accounted]
+    label = days_label([d.day for d in region_days])
     return dg.AssetCheckResult(
         check_name=ROWS_ACCOUNTED,
         passed=not lost,
+        description=f"{label}: " + (f"rows lost on {', '.join(lost)}" if lost else "every landed row accounted for"),
         metadata={
+            "days": label,
             "days_with_lost_rows": ", ".join(lost) or "none",
             "rows_landed": sum(d.landed for d in region_days),
             "rows_processed": sum(d.clean_rows for d in region_days),
@@ -134,14 +147,21 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
     range, but an `AssetCheckResult` carries no partition (1.13), so without these the per-day
     planned checks would stay "in progress", or turn "execution failed" when the run fails."""
     blocking = {rule.name: rule.blocking for rule in RULES}
+    day = region_day.day
     evaluations = [
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=outcome.rule,
             passed=outcome.passed,
             severity=dg.AssetCheckSeverity.ERROR if blocking[outcome.rule] else dg.AssetCheckSeverity.WARN,
-            metadata={"failing_rows": outcome.failing_rows, "sample_keys": ", ".join(outcome.sample_keys) or "none"},
-            partition=region_day.day,
+            description=f"{day}: "
+            + ("passed" if outcome.passed else _failed_on(outcome.failing_rows, region_day.branch)),
+            metadata={
+                "day": day,
+                "failing_rows": outcome.failing_rows,
+                "sample_keys": ", ".join(outcome.sample_keys) or "none",
+            },
+            partition=day,
         )
         for outcome in region_day.outcomes
     ]
@@ -151,7 +171,12 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
             check_name=ROWS_ACCOUNTED,
             passed=region_day.accounted,
             blocking=True,
+            description=f"{day}: "
+            + (
+                "every landed row accounted for" if region_day.accounted else "rows lost between landing and the tables"
+            ),
             metadata={
+                "day": day,
                 "rows_landed": region_day.landed,
                 "rows_processed": region_day.clean_rows,
                 "duplicates_dropped": region_day.duplicates,
@@ -162,3 +187,9 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
         )
     )
     return evaluations
+
+
+def _failed_on(failing_rows: int, branch: str) -> str:
+    # a day rule (volume, freshness) counts no rows
+    rows = f" on {failing_rows} row{'' if failing_rows == 1 else 's'}" if failing_rows else ""
+    return f"failed{rows}; the region-day is {branch}"

@@ -40,34 +40,37 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
 
     @dg.multi_asset(
         name=f"regional_orders__{region_key(region)}",
+        # one group per branch: the lineage view opens with groups collapsed, and the group boxes
+        # (regional, quarantine, late) are what shows the branches; kinds name them on each node
         specs=[
             dg.AssetSpec(
                 clean_key,
                 deps=[raw_key],
                 group_name="regional",
-                kinds={"pyspark", "delta"},
+                kinds={"pyspark", "delta", "clean"},
                 description=(
-                    f"{region} orders that passed every blocking gate: typed, one row per order and day "
-                    "(the latest delivery kept), in a Delta table partitioned by day."
+                    f"Clean rows of {region}.\n\nOrders that passed every blocking gate: typed, one row per order "
+                    "and day (the latest delivery kept), in a Delta table partitioned by day. Each day's "
+                    "materialization says the branch it took (`branch`)."
                 ),
             ).with_io_manager_key("lake"),
             dg.AssetSpec(
                 quarantined_key,
                 deps=[raw_key],
-                group_name="regional",
-                kinds={"delta"},
+                group_name="quarantine",
+                kinds={"delta", "quarantine"},
                 description=(
-                    f"{region} region-days that failed a blocking gate: all their rows, with the failed "
-                    "checks, the reason, the run and the time. Empty for a clean day."
+                    f"Quarantine of {region}.\n\nRegion-days that failed a blocking gate: all their rows, with the "
+                    "failed checks, the reason, the run and the time. Empty for a clean day."
                 ),
             ).with_io_manager_key("lake"),
             dg.AssetSpec(
                 too_late_key,
                 deps=[raw_key],
-                group_name="regional",
-                kinds={"delta"},
+                group_name="late",
+                kinds={"delta", "late"},
                 description=(
-                    f"{region} orders of processed days delivered later than the allowed lateness after "
+                    f"Too late for {region}.\n\nOrders of processed days delivered later than the allowed lateness after "
                     "their event day (the watermark): kept with the lateness and why, never counted in a "
                     "closed day. Partitioned by feed day."
                 ),
@@ -155,8 +158,9 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             )
         finally:
             staged.unpersist()
+        held_here = [d.day for d in region_days if d.branch == "quarantined"]
         for d in region_days:
-            report_region_day(context, clean_key, quarantined_key, too_late_key, d, lateness)
+            report_region_day(context, clean_key, quarantined_key, too_late_key, d, lateness, held_here)
             if d.branch == "quarantined":
                 context.log.warning(
                     f"{clean_key.to_user_string()} {d.day}: quarantined {d.quarantined_rows} rows "
@@ -219,6 +223,7 @@ def report_region_day(
     too_late_key: dg.AssetKey,
     d: RegionDay,
     lateness: int,
+    held_here: list[str],
 ) -> None:
     """Each day's own metadata: its row counts and the branch it took (a range run's
     materialization would otherwise show the whole range's figures on every day)."""
@@ -226,6 +231,7 @@ def report_region_day(
         {
             "dagster/row_count": d.clean_rows,
             "branch": d.branch if d.branch == "processed" else f"quarantined: {', '.join(d.failed_checks)}",
+            "run_outcome": run_outcome(d, held_here),
             "rows_landed": d.landed,
             "duplicates_dropped": d.duplicates,
             "superseded_dropped": d.superseded,
@@ -257,6 +263,22 @@ def report_region_day(
         },
         asset_key=too_late_key,
         partition_key=d.day,
+    )
+
+
+def run_outcome(d: RegionDay, held_here: list[str]) -> str:
+    """Why a region-day's run may be red although the day succeeded: the run's fan-in (its last
+    step) fails when it holds a day, and Dagster links every day of the run to that red run.
+    `held_here`: the days this region quarantined in the same run."""
+    if d.branch == "quarantined":
+        return (
+            f"quarantined: global_orders holds {d.day} until a corrected delivery, so this run ends Failed "
+            "(the fan-in's message names every held day)"
+        )
+    held = f"; this region holds {', '.join(held_here)} in this run" if held_here else ""
+    return (
+        "processed and committed. A run ends Failed when its fan-in holds a day (a quarantined "
+        f"region-day of any region): global_orders shows the held days red{held}"
     )
 
 
