@@ -214,12 +214,13 @@ def serving(
     env: Mapping[str, str],
     timeout: float = 180,
     stop: signal.Signals = signal.SIGTERM,
+    cwd: pathlib.Path | None = None,
 ) -> Iterator[subprocess.Popen]:
     """A server started in a process group of its own, once it accepts connections on
     127.0.0.1:`port`; afterwards exactly that group is stopped (`stop`, then KILL)."""
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             deadline = time.time() + timeout

@@ -5,11 +5,8 @@ its bad region-days."""
 
 import contextlib
 import datetime as dt
-import os
 import pathlib
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
@@ -20,7 +17,14 @@ import requests
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, expected_day_orders, region_day_defects
-from pipeline_patterns_tests.helpers import PROJECT_ROOT, TEST_ENV, TEST_ORDERS_PER_DAY, free_port, interruptible
+from pipeline_patterns_tests.helpers import (
+    PROJECT_ROOT,
+    TEST_ENV,
+    TEST_ORDERS_PER_DAY,
+    free_port,
+    interruptible,
+    serving,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,42 +126,17 @@ def dagster_dev(tmp_path):
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     data_dir = tmp_path / "data"
     port = free_port()
-    env = {**os.environ, **TEST_ENV, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(data_dir)}
+    env = {**TEST_ENV, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(data_dir)}
     dagster = pathlib.Path(sys.executable).parent / "dagster"
+    command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
     log_path = tmp_path / "dagster_dev.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        interruptible(
-            [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
-        ),
-        cwd=home,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/graphql"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            assert time.time() < deadline, "dagster dev did not serve in 180 s:\n" + log_path.read_text()[-3000:]
-            try:
+    with serving(interruptible(command), port, log_path, env, cwd=home):
+        for _ in range(60):  # the port is open: the webserver answers once its app is up
+            with contextlib.suppress(requests.ConnectionError):
                 if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
                     break
-            except requests.ConnectionError:
-                pass
             time.sleep(1)
-        yield url, data_dir, log_path
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group is gone already: nothing to stop
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        yield f"http://127.0.0.1:{port}/graphql", data_dir, log_path
 
 
 def graphql(url: str, query: str, **variables) -> dict:
