@@ -1,12 +1,16 @@
 """The landing zone is immutable and switches extractions atomically."""
 
 import datetime as dt
+import json
+import os
 import pathlib
 import shutil
 
+import dagster as dg
 import pytest
 
 from pipeline_patterns.lib import landing
+from pipeline_patterns_tests.helpers import materialize
 
 DAY = dt.date(2024, 1, 2)
 
@@ -52,7 +56,7 @@ def test_a_symlink_in_the_landing_zone_is_refused_without_reading_it(tmp_path):
     landed = pathlib.Path(manifest.paths(tmp_path)[0])
     landed.unlink()
     landed.symlink_to(secret)
-    with pytest.raises(landing.MissingLandingDataError, match="a link or a path outside the landing zone") as error:
+    with pytest.raises(landing.MissingLandingDataError, match="a symbolic link, or a path through a linked") as error:
         landing.landed_files(tmp_path, "us-east", [DAY])
     assert (
         "root:x" not in str(error.value)
@@ -163,3 +167,162 @@ def test_a_manifest_of_the_wrong_shape_is_corrupt(tmp_path, manifest):
     (landing.region_day_dir(tmp_path, "us-east", DAY) / landing.MANIFEST).write_text(manifest)
     [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
     assert day.files == [] and "is corrupt" in day.refused[0] and "re-materialize raw_orders/us_east" in day.refused[0]
+
+
+# The landing zone's boundary: nothing outside its root is read, whatever the link.
+SECRET_LINE = "root:x:0:0,secret"
+SECRET = f"order_id,user_id\n{SECRET_LINE}\n".encode()
+
+
+def outside(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A landing zone of its own outside the root, holding a complete region-day, and a secret."""
+    elsewhere = tmp_path / "elsewhere"
+    landing.land(elsewhere, "us-east", DAY, "run-1", {"b00.csv": SECRET})
+    (elsewhere / "secret.csv").write_bytes(SECRET)
+    return elsewhere
+
+
+def refused_day(root: pathlib.Path) -> landing.LandedDay:
+    [day] = landing.inspect_days(root, "us-east", [DAY], COLUMNS)
+    assert day.files == [] and day.records == 0 and day.identities == {}
+    assert all("root:x" not in r for r in day.refused)
+    return day
+
+
+def test_a_manifest_that_is_a_symlink_is_refused_unread(tmp_path):
+    elsewhere, root = outside(tmp_path), tmp_path / "landing"
+    landing.land(root, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    manifest = landing.region_day_dir(root, "us-east", DAY) / landing.MANIFEST
+    manifest.unlink()
+    manifest.symlink_to(landing.region_day_dir(elsewhere, "us-east", DAY) / landing.MANIFEST)
+    [refusal] = refused_day(root).refused
+    assert refusal.startswith(f"the landing manifest {manifest} of region us-east on 2024-01-02: a symbolic link")
+    assert refusal.endswith(
+        "remove the link, then re-materialize raw_orders/us_east for 2024-01-02 to land the day again"
+    )
+
+
+@pytest.mark.parametrize("linked", ["region", "day"])
+def test_a_region_or_day_folder_that_is_a_symlink_is_refused_unread(tmp_path, linked):
+    elsewhere, root = outside(tmp_path), tmp_path / "landing"
+    source = elsewhere / "us-east" if linked == "region" else landing.region_day_dir(elsewhere, "us-east", DAY)
+    folder = root / "us-east" if linked == "region" else landing.region_day_dir(root, "us-east", DAY)
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(source, target_is_directory=True)
+    [refusal] = refused_day(root).refused
+    assert (
+        "a symbolic link, or a path through a linked folder" in refusal
+        and "re-materialize raw_orders/us_east" in refusal
+    )
+
+
+def test_a_landed_file_that_is_a_hard_link_to_an_outside_file_is_refused_unread(tmp_path):
+    elsewhere, root = outside(tmp_path), tmp_path / "landing"
+    manifest = landing.land(root, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n", "b01.csv": b"a,b\n3,4\n"})
+    landed = pathlib.Path(manifest.paths(root)[0])
+    landed.unlink()
+    os.link(elsewhere / "secret.csv", landed)
+    [day] = landing.inspect_days(root, "us-east", [DAY], COLUMNS)
+    assert [landing.delivered_name(f) for f in day.files] == ["b01.csv"] and day.records == 1
+    assert day.refused == [
+        f"{landed}: a hard link (2 names of one file), and a link may lead outside the landing zone {root} (which "
+        "makes none): refused unread; remove it, then re-materialize raw_orders/us_east for 2024-01-02 to land "
+        "the day again"
+    ]
+
+
+def test_a_landed_file_swapped_for_a_symlink_after_inspection_is_never_read(tmp_path):
+    elsewhere, root = outside(tmp_path), tmp_path / "landing"
+    manifest = landing.land(root, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    [day] = landing.inspect_days(root, "us-east", [DAY], COLUMNS)
+    [file] = day.files
+    with landing.open_landed(file, day.identities[file]) as handle:  # as inspected: read
+        assert handle.read() == b"a,b\n1,2\n"
+    pathlib.Path(file).unlink()
+    pathlib.Path(file).symlink_to(elsewhere / "secret.csv")
+    with pytest.raises(landing.LandingChangedError) as error:
+        landing.open_landed(file, day.identities[file])
+    assert str(error.value) == (
+        f"the landed file {file} of region us-east on 2024-01-02 changed after the step inspected it (it is now a "
+        "symbolic link, or a path through a linked folder): nothing of it was read; re-materialize "
+        f"regional_orders/us_east for 2024-01-02 (if it recurs, find what writes into the landing zone {root} "
+        "besides raw_orders)"
+    )
+    assert manifest.files == [f"run-1/{pathlib.Path(file).name}"]
+
+
+@pytest.mark.parametrize("change", ["modified", "deleted", "run folder swapped for a link", "a FIFO"])
+def test_a_landed_file_changed_after_inspection_fails_the_read_naming_it(tmp_path, change):
+    elsewhere, root = outside(tmp_path), tmp_path / "landing"
+    landing.land(root, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    [day] = landing.inspect_days(root, "us-east", [DAY], COLUMNS)
+    [file] = day.files
+    path = pathlib.Path(file)
+    if change == "modified":
+        path.write_bytes(b"a,b\n1,2\n3,4\n")
+    elif change == "deleted":
+        path.unlink()
+    elif change == "a FIFO":  # must not hang the read
+        path.unlink()
+        os.mkfifo(path)
+    else:
+        shutil.rmtree(path.parent)
+        path.parent.symlink_to(landing.region_day_dir(elsewhere, "us-east", DAY) / "run-1", target_is_directory=True)
+    with pytest.raises(landing.LandingChangedError, match=f"the landed file {file} of region us-east on 2024-01-02"):
+        landing.open_landed(file, day.identities[file])
+
+
+def test_a_manifest_entry_that_is_not_one_file_of_one_run_folder_is_corrupt(tmp_path):
+    for entry in ["/etc/passwd", "run-1/a\x00b.csv", "run-1//x", "run-1/" + "x" * 256, "run-1/.", "/run-1/x"]:
+        landing.land(tmp_path, "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+        path = landing.region_day_dir(tmp_path, "us-east", DAY) / landing.MANIFEST
+        fields = json.loads(path.read_text())
+        path.write_text(json.dumps({**fields, "files": [entry]}))
+        [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+        assert day.files == [] and "is corrupt (ValueError)" in day.refused[0], entry
+
+
+def test_a_data_dir_behind_a_symlinked_root_is_read(tmp_path):
+    landing.land(tmp_path / "disk", "us-east", DAY, "run-1", {"b00.csv": b"a,b\n1,2\n"})
+    (tmp_path / "root").symlink_to(tmp_path / "disk", target_is_directory=True)
+    [day] = landing.inspect_days(tmp_path / "root", "us-east", [DAY], COLUMNS)
+    assert day.records == 1 and day.refused == [] and list(day.identities) == day.files
+
+
+def test_a_file_swapped_for_a_symlink_between_inspection_and_read_fails_the_regional_step_naming_it(
+    spark, tmp_path, monkeypatch
+):
+    """The regional step inspects the landing zone, then Spark's executors read it: a file swapped
+    for a link in between is never read, and the step fails saying which file and what to do."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text(SECRET_LINE + "\n")
+    header = "order_id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
+    good = f"{header}\no1,u1,us-east,1.00,USD,2024-01-02T10:00:00Z,b1,2024-01-02T12:00:00Z\n".encode()
+    landing.land(tmp_path / "landing", "us-east", DAY, "hand-made", {"b00.csv": good})
+    inspect = landing.inspect_days
+
+    def inspect_then_swap(*args, **kwargs):
+        found = inspect(*args, **kwargs)
+        for file in found[0].files:
+            pathlib.Path(file).unlink()
+            pathlib.Path(file).symlink_to(secret)
+        return found
+
+    monkeypatch.setattr(landing, "inspect_days", inspect_then_swap)
+    result = materialize(
+        tmp_path,
+        dg.DagsterInstance.ephemeral(),
+        partition=DAY.isoformat(),
+        selection=["regional_orders/us_east", "quarantined_orders/us_east", "late_orders/us_east"],
+        raise_on_error=False,
+    )
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert (
+        message.startswith("regional_orders/us_east: the landed file ")
+        and "changed after the step inspected it" in message
+    )
+    assert "re-materialize regional_orders/us_east for 2024-01-02" in message
+    assert not (tmp_path / "lake" / "regional_orders" / "us_east").exists()  # nothing written
+    shown = " ".join(str(e.event_specific_data) + str(e.message) for e in result.all_events)
+    assert SECRET_LINE not in shown

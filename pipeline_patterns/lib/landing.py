@@ -5,12 +5,16 @@ import codecs
 import csv
 import dataclasses
 import datetime as dt
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline_patterns.lib import object_store
@@ -49,11 +53,6 @@ def _join(root: Path | str, *parts: str) -> str:
 def _store(root: Path | str, options: Options) -> tuple[pafs.FileSystem, str]:
     """The filesystem of the landing zone and the root's path in it."""
     return object_store.filesystem(str(root), options)
-
-
-def _path(file: str) -> str:
-    """A landed file's path inside its filesystem (an s3:// URI without its scheme)."""
-    return file.split("://", 1)[1] if "://" in file else os.path.abspath(file)
 
 
 def land(
@@ -102,20 +101,34 @@ def delivered_name(file: str) -> str:
 
 def read_manifest(root: Path | str, region: str, day: dt.date, storage_options: Options = None) -> Manifest | None:
     """The region-day's current extraction, None if it has none; a manifest that does not parse,
-    has the wrong types, names another region-day or a file outside its folder is corrupt."""
+    has the wrong types, names another region-day or a file outside its folder is corrupt, and one
+    reached through a link is refused unread."""
     filesystem, base = _store(root, storage_options)
-    path = f"{base}/{region}/{day.isoformat()}/{MANIFEST}"
-    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
+    shown = _join(root, region, day.isoformat(), MANIFEST)
     try:
-        with filesystem.open_input_stream(path) as handle:
+        if object_store.is_local(str(root)):
+            opened = _open_local(base, [region, day.isoformat(), MANIFEST])
+            if opened is None:
+                return None
+            handle: BinaryIO = opened[0]
+        else:
+            path = f"{base}/{region}/{day.isoformat()}/{MANIFEST}"
+            if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            handle = filesystem.open_input_stream(path)
+        with handle:
             fields = json.loads(handle.read().decode("utf-8"))
         manifest = Manifest(**fields)
         _validate(manifest, region, day)
+    except LinkRefusedError as error:
+        raise CorruptManifestError(
+            f"the landing manifest {shown} of region {region} on {day}: {_link_refused(error, root)}; "
+            f"remove the link, then {_reland(region, day)}"
+        ) from None
     except (OSError, ValueError, TypeError) as error:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise CorruptManifestError(
-            f"the landing manifest {_join(root, region, day.isoformat(), MANIFEST)} of region {region} on {day} "
-            f"is corrupt ({type(error).__name__}); {_reland(region, day)}"
+            f"the landing manifest {shown} of region {region} on {day} is corrupt ({type(error).__name__}); "
+            f"{_reland(region, day)}"
         ) from None
     return manifest
 
@@ -126,8 +139,95 @@ def _validate(manifest: Manifest, region: str, day: dt.date) -> None:
     if not isinstance(manifest.run_id, str) or not isinstance(manifest.files, list):
         raise TypeError("run_id must be a string and files a list")
     for file in manifest.files:
-        if not isinstance(file, str) or len(Path(file).parts) != 2 or ".." in Path(file).parts:
+        if not isinstance(file, str) or not all(_component(part) for part in file.split("/")) or file.count("/") != 1:
             raise ValueError("a listed file is not <run id>/<file>")
+
+
+# The longest file name a disk stores (bytes; NAME_MAX on Linux, macOS and Windows alike).
+NAME_MAX = 255
+
+
+def _component(part: str) -> bool:
+    """Whether `part` is one plain name in a folder: no separator, no NUL, not . or .., not empty
+    and not too long to store (a manifest entry with a leading slash or a NUL is none)."""
+    return part not in ("", ".", "..") and "/" not in part and "\0" not in part and len(part.encode()) <= NAME_MAX
+
+
+class LinkRefusedError(OSError):
+    """A path below the landing root is a link, runs through one, or is a hard link: the landing
+    zone makes none, and one may lead outside it."""
+
+
+def _link_refused(error: LinkRefusedError, root: Path | str) -> str:
+    return f"{error.strerror}, and a link may lead outside the landing zone {root} (which makes none): refused unread"
+
+
+def _open_below(root: str, parts: list[str]) -> int:
+    """A descriptor of root/parts[0]/.../parts[-1], opened without following any link below the
+    root: each folder relative to its parent's descriptor (openat) with O_NOFOLLOW, so neither a
+    link nor a folder swapped for one after a check can lead outside. The root itself may be a
+    link (a data dir on another disk). OSError ENOENT for a missing part."""
+    if not all(_component(part) for part in parts):
+        raise ValueError(f"not a path below the landing root: {'/'.join(parts)!r}")
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        # O_NONBLOCK: a FIFO put in a file's place must not hang the open (no effect on a file)
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW met a link (or a file as a folder)
+            raise LinkRefusedError(error.errno, "a symbolic link, or a path through a linked folder") from None
+        raise
+    finally:
+        os.close(folder)
+
+
+def _open_local(root: str, parts: list[str]) -> tuple[BinaryIO, str] | None:
+    """The regular file root/parts... opened for reading (None if it does not exist) and its
+    identity, `<st_dev>:<st_ino>:<size>:<mtime ns>`. LinkRefusedError for a link on the way or a
+    hard link (st_nlink > 1: another name of the same content may lie outside the root)."""
+    try:
+        descriptor = _open_below(root, parts)
+    except FileNotFoundError:
+        return None
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(descriptor)
+        what = f"a hard link ({status.st_nlink} names of one file)" if stat.S_ISREG(status.st_mode) else "not a file"
+        raise LinkRefusedError(errno.EPERM, what)
+    return os.fdopen(descriptor, "rb"), _identity(status)
+
+
+def _identity(status: os.stat_result) -> str:
+    return f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
+
+
+def open_landed(file: str, identity: str) -> BinaryIO:
+    """Open a landed file of a local landing zone for reading, as `inspect_days` recorded it:
+    the same file (device, inode, size, modification time), reached without following any link.
+    A file swapped, modified or deleted since the inspection is a LandingChangedError naming the
+    file, its region and day and the remedy: nothing outside the landing zone is ever read, and
+    the bytes read are the ones whose records were counted."""
+    root, region, day, run_id, name = file.rsplit("/", 4)
+    base = object_store.filesystem(root)[1]
+    try:
+        opened = _open_local(base, [region, day, run_id, name])
+        why = "it is gone" if opened is None else None
+    except LinkRefusedError as error:
+        opened, why = None, f"it is now {error.strerror}"
+    if opened is not None and opened[1] != identity:
+        opened[0].close()
+        opened, why = None, "it is another file, or was modified"
+    if opened is None:
+        raise LandingChangedError(
+            f"the landed file {file} of region {region} on {day} changed after the step inspected it ({why}): "
+            f"nothing of it was read; re-materialize regional_orders/{region.replace('-', '_')} for {day} "
+            f"(if it recurs, find what writes into the landing zone {root} besides raw_orders)"
+        )
+    return opened[0]
 
 
 class MissingLandingDataError(FileNotFoundError):
@@ -136,6 +236,20 @@ class MissingLandingDataError(FileNotFoundError):
 
 class CorruptManifestError(MissingLandingDataError):
     """A region-day's manifest cannot be read."""
+
+
+class LandingChangedError(MissingLandingDataError):
+    """A landed file changed between the inspection and the read (swapped, modified, deleted)."""
+
+
+# How a LandingChangedError raised on an executor reads in the driver's error (a PythonException).
+_CHANGED = re.compile(r"LandingChangedError: (.*)")
+
+
+def changed_during_read(error: Exception) -> LandingChangedError | None:
+    """The LandingChangedError that failed a Spark job, if one did (its message, not its trace)."""
+    found = _CHANGED.search(str(error))
+    return LandingChangedError(found.group(1)) if found else None
 
 
 def _reland(region: str, day: dt.date | str) -> str:
@@ -158,16 +272,25 @@ class LandedDay:
     """`<delivered name>: <what is unexpected>` for read files: schema_matches fails the day."""
     refused: list[str]
     """`<file>: <why>; <remedy>` for files not read: files_readable fails the day."""
+    identities: dict[str, str] = dataclasses.field(default_factory=dict)
+    """File -> its identity when inspected (local landing zones): the read opens that file or
+    fails (`open_landed`)."""
+
+
+def identities(days: list[LandedDay]) -> dict[str, str]:
+    """The identities of every read file of `days`."""
+    return {file: identity for day in days for file, identity in day.identities.items()}
 
 
 def inspect_days(
     root: Path | str, region: str, days: list[dt.date], columns: list[str], storage_options: Options = None
 ) -> list[LandedDay]:
     """Decide, for each day's current extraction, what every landed file is: read, drifted or
-    refused (a link, a path outside the landing zone, a missing file, compressed content, or a
-    corrupt manifest). A refusal concerns its region-day only; days with no extraction at all
-    are an error naming them (their raw assets must run first). Streams each file once."""
-    filesystem, _ = _store(root, storage_options)
+    refused (a link or a path through one, a hard link, a missing file, compressed content, a
+    zero-filled block, or a corrupt manifest). A refusal concerns its region-day only; days with
+    no extraction at all are an error naming them (their raw assets must run first). Reads each
+    file once, through the descriptor whose identity the read then checks."""
+    filesystem, base = _store(root, storage_options)
     local = object_store.is_local(str(root))
     found: list[LandedDay] = []
     missing: list[str] = []
@@ -180,32 +303,48 @@ def inspect_days(
         if manifest is None:
             missing.append(day.isoformat())
             continue
-        files, drift, refused, records = [], [], [], 0
-        for file in manifest.paths(root):
-            name, path = delivered_name(file), _path(file)
-            if local and (os.path.islink(file) or not _inside(Path(root), file)):
-                refused.append(
-                    f"{file}: a link or a path outside the landing zone {root}, refused unread; {_reland(region, day)}"
-                )
-            elif filesystem.get_file_info(path).type != pafs.FileType.File:
-                refused.append(f"{file}: missing from the landing zone; {_reland(region, day)}")
-            elif kind := _binary_kind(filesystem, path):
-                remedy = "deliver UTF-8" if kind == "UTF-16" else "deliver it uncompressed"
-                refused.append(f"{name}: {kind} content, not CSV text, refused unread; have the source {remedy}")
-            else:
-                try:
-                    problem, lines = _scan(filesystem, path)
-                except OSError as error:
-                    refused.append(f"{name}: cannot be read ({type(error).__name__}); {_reland(region, day)}")
+        files, drift, refused, records, identity = [], [], [], 0, {}
+        for file, listed in zip(manifest.paths(root), manifest.files, strict=True):
+            name = delivered_name(file)
+            try:
+                if local:
+                    opened = _open_local(base, [region, day.isoformat(), *listed.split("/")])
+                else:
+                    path = f"{base}/{region}/{day.isoformat()}/{listed}"
+                    exists = filesystem.get_file_info(path).type == pafs.FileType.File
+                    opened = (filesystem.open_input_stream(path), "") if exists else None
+                if opened is None:
+                    refused.append(f"{file}: missing from the landing zone; {_reland(region, day)}")
                     continue
-                files.append(file)
-                records_in_file = max(lines - 1, 0)
-                records += records_in_file
-                if problem:
-                    drift.append(f"{name}: {problem}")
-                elif records_in_file > 0 and (drift_text := header_drift(header(filesystem, path), columns)):
-                    drift.append(f"{name}: {drift_text}")
-        found.append(LandedDay(region, day.isoformat(), files, records, drift, refused))
+                with opened[0] as handle:
+                    scan = _scan(handle)
+            except LinkRefusedError as error:
+                refused.append(f"{file}: {_link_refused(error, root)}; remove it, then {_reland(region, day)}")
+                continue
+            except OSError as error:
+                refused.append(f"{name}: cannot be read ({type(error).__name__}); {_reland(region, day)}")
+                continue
+            if scan.kind:
+                remedy = "deliver UTF-8" if scan.kind == "UTF-16" else "deliver it uncompressed"
+                refused.append(f"{name}: {scan.kind} content, not CSV text, refused unread; have the source {remedy}")
+                continue
+            if scan.zeros:
+                refused.append(
+                    f"{name}: {scan.zeros:,} NUL bytes from offset {scan.first_zero:,} (a zero-filled block where "
+                    "records were, as a crashed or cut write leaves it): not read, so its records are missing "
+                    "from the day; have the source deliver the file again"
+                )
+                continue
+            files.append(file)
+            if opened[1]:
+                identity[file] = opened[1]
+            records_in_file = max(scan.lines - 1, 0)
+            records += records_in_file
+            if scan.problem:
+                drift.append(f"{name}: {scan.problem}")
+            elif records_in_file > 0 and (drift_text := header_drift(scan.header, columns)):
+                drift.append(f"{name}: {drift_text}")
+        found.append(LandedDay(region, day.isoformat(), files, records, drift, refused, identity))
     if missing:
         raise MissingLandingDataError(
             f"no landed data for region {region} on {', '.join(missing)} under {root}: "
@@ -214,31 +353,41 @@ def inspect_days(
     return found
 
 
-def landed_files(root: Path | str, region: str, days: list[dt.date], storage_options: Options = None) -> list[str]:
-    """The files of the current extraction of every day, or a clear error naming what is missing
-    or refused (for readers that need every file: the regional assets use `inspect_days`)."""
-    files: list[str] = []
-    for landed in inspect_days(root, region, days, columns=[], storage_options=storage_options):
+def readable_days(
+    root: Path | str, region: str, days: list[dt.date], storage_options: Options = None
+) -> list[LandedDay]:
+    """`inspect_days` for readers that need every file (the regional assets quarantine a day with
+    a refused file instead): a clear error naming the first refusal."""
+    found = inspect_days(root, region, days, columns=[], storage_options=storage_options)
+    for landed in found:
         if landed.refused:
             raise MissingLandingDataError(f"region {region} on {landed.day}: {landed.refused[0]}")
-        files.extend(landed.files)
-    return files
+    return found
 
 
-def _inside(root: Path, file: str) -> bool:
-    return Path(file).resolve().is_relative_to(root.resolve())
+def landed_files(root: Path | str, region: str, days: list[dt.date], storage_options: Options = None) -> list[str]:
+    """The files of the current extraction of every day (`readable_days`)."""
+    return [file for landed in readable_days(root, region, days, storage_options) for file in landed.files]
+
+
+def open_read(file: str, identity: str, storage_options: Options = None) -> BinaryIO | pa.NativeFile:
+    """A landed file for reading: as inspected when its identity was recorded (`open_landed`),
+    else as it is (object storage, where no link exists)."""
+    if identity:
+        return open_landed(file, identity)
+    filesystem, path = object_store.filesystem(file, storage_options)
+    return filesystem.open_input_stream(path)
 
 
 # What Spark's CSV reader trims from a line to decide it is blank: every byte up to the space.
 BLANK = bytes(range(0x21))
 
 
-def header(filesystem: pafs.FileSystem, file: str) -> list[str]:
-    """The column names of a landed CSV file: its first non-blank line, as Spark takes it ([]
-    when none starts within 64 KiB); bytes that are not UTF-8 show as U+FFFD (`_scan` names them)."""
-    with filesystem.open_input_stream(file) as handle:
-        start = handle.read(1 << 16)
-    lines = start.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+def _header(start: bytes) -> list[str]:
+    """The column names of a landed CSV file from its first 64 KiB: its first non-blank line, as
+    Spark takes it ([] when none starts there); bytes that are not UTF-8 show as U+FFFD (`_scan`
+    names them)."""
+    lines = start[: 1 << 16].replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     first = next((line for line in lines if line.strip(BLANK)), b"")
     return next(csv.reader([first.decode("utf-8", errors="replace")]), [])
 
@@ -269,50 +418,64 @@ _MAGIC = {
 }
 
 
-def _binary_kind(filesystem: pafs.FileSystem, file: str) -> str | None:
-    """What a landed file is when it is not text to read line by line (compressed, UTF-16)."""
-    try:
-        with filesystem.open_input_stream(file) as handle:
-            start = handle.read(4)
-    except OSError:
-        return None  # `_scan` reports it
-    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
+@dataclasses.dataclass(frozen=True)
+class FileScan:
+    """What one pass over a landed file found."""
+
+    kind: str | None = None
+    """What the file is when it is not text to read line by line (compressed, UTF-16): not scanned further."""
+    problem: str | None = None
+    """Why it is not plain UTF-8 text (a byte-order mark, bytes that are not UTF-8), or None."""
+    lines: int = 0
+    """Non-blank lines, split on \\n, \\r\\n and \\r as Spark splits them."""
+    header: list[str] = dataclasses.field(default_factory=list)
+    zeros: int = 0
+    """NUL bytes: no CSV text holds one, a block of them is where a crashed writer's records were
+    (Spark would drop such a line as blank)."""
+    first_zero: int = 0
 
 
-def _scan(filesystem: pafs.FileSystem, file: str) -> tuple[str | None, int]:
-    """Why a landed file is not plain UTF-8 text (a byte-order mark, bytes that are not UTF-8)
-    or None, and its non-blank lines, split on \\n, \\r\\n and \\r as Spark splits them. One
-    streaming pass in the memory of a chunk, however long a line; a problem names the offset,
-    never the content."""
+def _scan(handle: BinaryIO | pa.NativeFile) -> FileScan:
+    """One streaming pass over a landed file, in the memory of a chunk however long a line; a
+    problem names the offset, never the content."""
     decoder, offset, lines, problem = codecs.getincrementaldecoder("utf-8")("strict"), 0, 0, None
+    head, zeros, first_zero = b"", 0, 0
     open_line = False  # the line not yet ended has a non-blank byte
-    with filesystem.open_input_stream(file) as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
+    for chunk in iter(lambda: handle.read(1 << 22), b""):
+        if offset == 0:
+            kind = next((kind for magic, kind in _MAGIC.items() if chunk.startswith(magic)), None)
+            if kind:
+                return FileScan(kind=kind)
+            head = chunk[: 1 << 16]
+            if chunk.startswith(codecs.BOM_UTF8):
                 problem = "starts with a UTF-8 byte-order mark (BOM): have the source deliver UTF-8 without one"
-            if problem is None:
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as error:
-                    problem = (
-                        f"not UTF-8 text (an invalid byte near offset {offset + error.start}): have the source "
-                        "deliver UTF-8, or re-encode the file at the source"
-                    )
-            if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
-                chunk = chunk[len(codecs.BOM_UTF8) :]  # Spark's line reader drops it too
-            offset += len(chunk)
-            # a \r\n cut in two ends the line at the \r and adds a blank line: not counted
-            parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-            if len(parts) == 1:
-                open_line = open_line or bool(parts[0].strip(BLANK))
-                continue
-            lines += int(open_line or bool(parts[0].strip(BLANK)))
-            lines += sum(1 for line in parts[1:-1] if line.strip(BLANK))
-            open_line = bool(parts[-1].strip(BLANK))
+        if count := chunk.count(b"\0"):
+            first_zero = first_zero if zeros else offset + chunk.index(b"\0")
+            zeros += count
+        if problem is None:
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                problem = (
+                    f"not UTF-8 text (an invalid byte near offset {offset + error.start}): have the source "
+                    "deliver UTF-8, or re-encode the file at the source"
+                )
+        if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
+            chunk = chunk[len(codecs.BOM_UTF8) :]  # Spark's line reader drops it too
+            offset += len(codecs.BOM_UTF8)
+        offset += len(chunk)
+        # a \r\n cut in two ends the line at the \r and adds a blank line: not counted
+        parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if len(parts) == 1:
+            open_line = open_line or bool(parts[0].strip(BLANK))
+            continue
+        lines += int(open_line or bool(parts[0].strip(BLANK)))
+        lines += sum(1 for line in parts[1:-1] if line.strip(BLANK))
+        open_line = bool(parts[-1].strip(BLANK))
     lines += int(open_line)
     if problem is None:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             problem = "not UTF-8 text (the file ends inside a character): have the source deliver UTF-8"
-    return problem, lines
+    return FileScan(problem=problem, lines=lines, header=_header(head), zeros=zeros, first_zero=first_zero)

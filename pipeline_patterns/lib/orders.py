@@ -41,23 +41,38 @@ ORDER_COLUMNS = ["order_id", "user_id", "region", "amount", "currency", "event_t
 
 
 def landed_rows(
-    spark: SparkSession, files: list[str], storage_options: Mapping[str, str] | None = None, *, by_lines: bool = False
+    spark: SparkSession,
+    files: list[str],
+    storage_options: Mapping[str, str] | None = None,
+    *,
+    by_lines: bool = False,
+    identities: Mapping[str, str] | None = None,
 ) -> DataFrame:
-    """The landed CSV files as text columns (`LANDED_SCHEMA`) plus each row's `_path`. Local
-    files are read by Spark's CSV reader; files on object storage (no S3 connector in the wheel),
-    or `by_lines`, are split into lines by the executors with pyarrow exactly as that reader
-    splits them (on \\n, \\r\\n or \\r; blank lines and each file's first line, its header,
-    dropped) and parsed by the same CSV parser (`from_csv`)."""
+    """The landed CSV files as text columns (`LANDED_SCHEMA`) plus each row's `_path`. Files
+    with an identity (`inspect_days` records one for a local landing zone) are opened by the
+    executors as inspected, or the job fails (`landing.open_landed`: a link or a file swapped in
+    after the inspection is never read); files on object storage (no S3 connector in the wheel)
+    are streamed with pyarrow. Both are split into lines exactly as Spark's CSV reader splits
+    them (on \\n, \\r\\n or \\r; blank lines and each file's first line, its header, dropped)
+    and parsed by its CSV parser (`from_csv`). Other local files (tools, tests) are read by
+    Spark's CSV reader, unless `by_lines`."""
     if not files:  # every file of the window refused
         return spark.createDataFrame([], f"{LANDED_SCHEMA}, _path STRING")
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
-    if not by_lines and all(object_store.is_local(f) for f in files):
+    known = dict(identities or {})
+    local = all(object_store.is_local(f) for f in files)
+    if not by_lines and not known and local:
         return spark.read.csv(files, header=True, schema=LANDED_SCHEMA, **options).withColumn(
             "_path", F.col("_metadata.file_path")
         )
     store = dict(storage_options or {})
-    listed = spark.createDataFrame([(f,) for f in files], "file string").repartition(min(len(files), 64))
-    lines = listed.mapInArrow(lambda batches: _landed_lines(batches, store), "_path string, line string")
+    # a Python task costs more than reading a day's files: as many tasks as the session's shuffle
+    # partitions on a disk; on object storage, more, to overlap the requests
+    tasks = int(spark.conf.get("spark.sql.shuffle.partitions") or 8) if local else 64
+    listed = spark.createDataFrame([(f, known.get(f, "")) for f in files], "file string, identity string")
+    lines = listed.repartition(min(len(files), tasks)).mapInArrow(
+        lambda batches: _landed_lines(batches, store), "_path string, line string"
+    )
     parsed = lines.select("_path", F.from_csv("line", LANDED_SCHEMA, options).alias("r"))
     return parsed.select("r.*", "_path")
 
@@ -66,10 +81,9 @@ def _landed_lines(batches: Iterator[pa.RecordBatch], options: dict) -> Iterator[
     """On an executor: the record lines of each listed file, streaming in 4 MiB chunks (a UTF-8
     byte-order mark at the start dropped, as Spark's line reader drops it)."""
     for listing in batches:
-        for file in listing["file"].to_pylist():
-            filesystem, path = object_store.filesystem(file, options)
+        for file, identity in zip(listing["file"].to_pylist(), listing["identity"].to_pylist(), strict=True):
             header_seen, pending, first = False, [b""], True
-            with filesystem.open_input_stream(path) as handle:
+            with landing.open_read(file, identity, options) as handle:
                 for chunk in iter(lambda: handle.read(1 << 22), b""):
                     if first and chunk.startswith(codecs.BOM_UTF8):
                         chunk = chunk[len(codecs.BOM_UTF8) :]
@@ -101,15 +115,18 @@ def _records(lines: list[bytes], header_seen: bool) -> tuple[list[str], bool]:
 
 
 def regional_orders_frame(
-    spark: SparkSession, files: list[str], storage_options: Mapping[str, str] | None = None
+    spark: SparkSession,
+    files: list[str],
+    storage_options: Mapping[str, str] | None = None,
+    identities: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """Typed, deduplicated orders of the landed files: one row per (day, order identity), the
     latest delivery kept, with `duplicates` (other deliveries that are true copies of the kept
     row), `superseded` (older deliveries with other content, replaced by the kept newest one) and
     `ids_normalised` (deliveries whose raw order id `identity_sql` changed). A parse
     error in ANY delivery of the order is carried onto the kept row, so a malformed delivery is
-    quarantined rather than silently outranked."""
-    landed = landed_rows(spark, files, storage_options)
+    quarantined rather than silently outranked. `identities`: see `landed_rows`."""
+    landed = landed_rows(spark, files, storage_options, identities=identities)
     # SQL text, not Column objects: each Column built through py4j costs JVM round trips
     typed = landed.selectExpr(
         f"{identity_sql('order_id')} AS order_id",

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.errors import PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline_patterns.lib.landing import LandedDay
+from pipeline_patterns.lib.landing import LandedDay, changed_during_read
 from pipeline_patterns.lib.late_data import (
     LATE_SCHEMA,
     late_day_counts,
@@ -158,18 +159,7 @@ def judge_days(
     come back. Spark counts repeated order ids over whole days first. A day without any row is
     judged here."""
     by_day = {d.day: d for d in landed}
-    repeated = {
-        row["day"]: (row["rows"], row["sample"])
-        for row in staged.where(F.col("order_id").isNotNull())
-        .groupBy("day", "order_id")
-        .count()
-        .where("count > 1")
-        .groupBy("day")
-        .agg(
-            F.sum("count").alias("rows"), F.slice(F.array_sort(F.collect_list("order_id")), 1, SAMPLES).alias("sample")
-        )
-        .collect()
-    }
+    repeated: dict[str, tuple[int, list[str]]] = {}
 
     def judge_group(key: tuple, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         day = key[0].as_py()
@@ -184,7 +174,26 @@ def judge_days(
         )
         yield pa.RecordBatch.from_pydict({"day": [day], "verdict": [verdict.to_json()]})
 
-    verdicts = staged.groupBy("day").applyInArrow(judge_group, "day string, verdict string").toArrow()
+    try:  # the first job reads the landed files
+        for row in (
+            staged.where(F.col("order_id").isNotNull())
+            .groupBy("day", "order_id")
+            .count()
+            .where("count > 1")
+            .groupBy("day")
+            .agg(
+                F.sum("count").alias("rows"),
+                F.slice(F.array_sort(F.collect_list("order_id")), 1, SAMPLES).alias("sample"),
+            )
+            .collect()
+        ):
+            repeated[row["day"]] = (row["rows"], row["sample"])
+        verdicts = staged.groupBy("day").applyInArrow(judge_group, "day string, verdict string").toArrow()
+    except PythonException as error:  # a landed file changed after the inspection: its message, not a trace
+        changed = changed_during_read(error)
+        if changed is None:
+            raise
+        raise changed from None
     judged = {
         d: RegionDay.from_json(v)
         for d, v in zip(verdicts["day"].to_pylist(), verdicts["verdict"].to_pylist(), strict=True)

@@ -99,14 +99,19 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         run_id = context.run.run_id
         files = [file for day in landed for file in day.files]  # a refused file is not read
         # computed once, kept on the executors (memory, spilling to disk) for the gates and both writes
-        staged = regional_orders_frame(spark.spark_session, files, landing.options()).repartition("day").persist()
+        # each file read as inspected, or the step fails naming it (a file swapped in for a link meanwhile)
+        frame = regional_orders_frame(spark.spark_session, files, landing.options(), landing_files.identities(landed))
+        staged = frame.repartition("day").persist()
         try:
-            region_days = judge_days(
-                staged,
-                landed,
-                settings=quality_gates.settings(region),
-                allowed_lateness=lateness,
-            )
+            try:
+                region_days = judge_days(
+                    staged,
+                    landed,
+                    settings=quality_gates.settings(region),
+                    allowed_lateness=lateness,
+                )
+            except landing_files.LandingChangedError as error:
+                raise dg.Failure(description=f"{clean_key.to_user_string()}: {error}", allow_retries=False) from None
             region_days = with_left_days(spark.spark_session, lake, clean_key, staged, region_days, window, lateness)
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
             if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
