@@ -326,3 +326,23 @@ def test_a_file_swapped_for_a_symlink_between_inspection_and_read_fails_the_regi
     assert not (tmp_path / "lake" / "regional_orders" / "us_east").exists()  # nothing written
     shown = " ".join(str(e.event_specific_data) + str(e.message) for e in result.all_events)
     assert SECRET_LINE not in shown
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"a,b\n1,2\n" + b"\0" * 4096 + b"\n5,6\n",  # a crashed writer's zero-filled block where records were
+        b"a,b\n1,2\n3," + b"\0" * 100,  # a block cutting the last record
+        b"\0" * 8192,  # nothing but zeros
+    ],
+)
+def test_a_block_of_nul_bytes_refuses_its_file_counting_them_and_naming_it(tmp_path, payload):
+    landing.land(tmp_path, "us-east", DAY, "run-1", {"zeros.csv": payload, "good.csv": b"a,b\n7,8\n"})
+    [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+    assert [landing.delivered_name(f) for f in day.files] == ["good.csv"] and day.records == 1
+    zeros, first = payload.count(b"\0"), payload.index(b"\0")
+    assert day.refused == [
+        f"zeros.csv: {zeros:,} NUL bytes from offset {first:,} (a zero-filled block where records were, as a "
+        "crashed or cut write leaves it): not read, so its records are missing from the day; have the source "
+        "deliver the file again"
+    ]

@@ -389,3 +389,21 @@ def test_a_tie_between_deliveries_of_an_order_quarantines_the_day_saying_what_to
 def test_a_batch_id_longer_than_the_key_limit_is_implausible():
     bad = outcome(orders(batch_id=["b", "b" * (SETTINGS.max_key_length + 1), "b"]), "keys_plausible")
     assert not bad.passed and bad.failing_rows == 1 and bad.sample_keys == ["o2"]
+
+
+def test_orders_whose_event_day_precedes_the_first_partition_are_counted_and_reported():
+    from pipeline_patterns.lib.quarantine import before_first_day_note
+
+    first = DAY.isoformat()  # as if the partitions started on DAY
+    early = [dt.datetime(2024, 1, 2, 9, tzinfo=dt.UTC), dt.datetime(2023, 12, 31, 9, tzinfo=dt.UTC)]
+    rows = staged(orders(event_ts=[*early, dt.datetime(2024, 1, 1, 9, tzinfo=dt.UTC)]), [0, 0, 0], [0, 0, 0])
+    verdict = judge(first, [rows], landed=landed_records(3), settings=SETTINGS, first_day=first)
+    assert verdict.before_first_day == 2 and verdict.late_days == {"2023-12-31": 1, "2024-01-01": 1}
+    assert verdict.branch == "processed" and verdict.clean_rows == 3  # kept: the watermark accepts them
+    assert before_first_day_note([verdict], first) == (
+        f"2 orders have an event day before the first partition {first} (per feed day: {first}: 2): they are in "
+        "the clean table but counted in no global day. To count them, start the daily partitions earlier "
+        "(defs/partitions.py) and backfill from there; to drop them, correct the source."
+    )
+    on_time = judge(first, [staged(orders(), [0, 0, 0], [0, 0, 0])], landed=landed_records(3), settings=SETTINGS)
+    assert on_time.before_first_day == 0 and before_first_day_note([on_time], first) is None

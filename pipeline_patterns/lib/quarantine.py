@@ -61,6 +61,9 @@ class RegionDay:
     ids_normalised: int = 0
     """Landed rows whose raw order id the order identity changed (trimmed, zero-width characters
     removed, NFC): a variant of an id is the same order, so its correction replaces it."""
+    before_first_day: int = 0
+    """Rows within the allowed lateness whose event day precedes the first partition: in the
+    clean table, but in no global day (the fan-in counts partitions only)."""
 
     @property
     def failed_checks(self) -> list[str]:
@@ -112,10 +115,12 @@ def judge(
     settings: GateSettings,
     repeated: tuple[int, list[str]] | None = None,
     allowed_lateness: int = 3,
+    first_day: str = "",
 ) -> RegionDay:
     """Gate one region-day's deduplicated rows (`STAGED_SCHEMA`), fed in batches. `landed` is
     what the landing zone holds for the day (its records, drifted and refused files); its rows'
-    lateness is counted against `allowed_lateness` (lib/late_data.py)."""
+    lateness is counted against `allowed_lateness` (lib/late_data.py), and those whose event day
+    precedes `first_day` (the first partition, 'YYYY-MM-DD') counted apart."""
     gate = DayJudge(dt.date.fromisoformat(day), settings, landed, repeated)
     duplicates = superseded = too_late = normalised = 0
     late_days: dict[str, int] = {}
@@ -139,6 +144,7 @@ def judge(
         too_late,
         dict(sorted(late_days.items())),
         normalised,
+        sum(rows for event_day, rows in late_days.items() if event_day < first_day),
     )
 
 
@@ -152,7 +158,12 @@ def _total(batch: pa.Table, column: str) -> int:
 
 
 def judge_days(
-    staged: DataFrame, landed: Sequence[LandedDay], *, settings: GateSettings, allowed_lateness: int
+    staged: DataFrame,
+    landed: Sequence[LandedDay],
+    *,
+    settings: GateSettings,
+    allowed_lateness: int,
+    first_day: str = "",
 ) -> list[RegionDay]:
     """`judge` every day of `landed`, on the executors: each day's rows reach one Python worker
     as a stream of Arrow batches (memory: one batch, whatever the day's size); only the verdicts
@@ -171,6 +182,7 @@ def judge_days(
             settings=settings,
             repeated=repeated.get(day, (0, [])),
             allowed_lateness=allowed_lateness,
+            first_day=first_day,
         )
         yield pa.RecordBatch.from_pydict({"day": [day], "verdict": [verdict.to_json()]})
 
@@ -204,6 +216,20 @@ def judge_days(
         )
         judged[day] = RegionDay.from_json(empty.to_json())  # as the executors' verdicts travel
     return [judged[d.day] for d in landed]
+
+
+def before_first_day_note(region_days: list[RegionDay], first_day: str) -> str | None:
+    """What a run says of the orders it kept whose event day precedes the first partition (within
+    the allowed lateness): no global day counts them. None when there are none."""
+    days = [f"{d.day}: {d.before_first_day}" for d in region_days if d.before_first_day]
+    if not days:
+        return None
+    total = sum(d.before_first_day for d in region_days)
+    return (
+        f"{total} orders have an event day before the first partition {first_day} (per feed day: {', '.join(days)}): "
+        "they are in the clean table but counted in no global day. To count them, start the daily partitions "
+        "earlier (defs/partitions.py) and backfill from there; to drop them, correct the source."
+    )
 
 
 def _branch_days(spark: SparkSession, region_days: list[RegionDay], branch: str) -> DataFrame:

@@ -24,12 +24,15 @@ from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
 from pipeline_patterns.lib.quarantine import (
     QUARANTINE_SCHEMA,
     RegionDay,
+    before_first_day_note,
     clean_frame,
     judge_days,
     late_frame,
     quarantined_frame,
 )
 
+# The first partition: orders of earlier event days are kept, but no global day counts them.
+FIRST_DAY = daily_partitions.start.date().isoformat()
 # What the gates guarantee of a clean row; checked again on the files before they are committed.
 CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_ts", "delivered_at")
 
@@ -109,6 +112,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     landed,
                     settings=quality_gates.settings(region),
                     allowed_lateness=lateness,
+                    first_day=FIRST_DAY,
                 )
             except landing_files.LandingChangedError as error:
                 raise dg.Failure(description=f"{clean_key.to_user_string()}: {error}", allow_retries=False) from None
@@ -164,6 +168,8 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         finally:
             staged.unpersist()
         held_here = [d.day for d in region_days if d.branch == "quarantined"]
+        if note := before_first_day_note(region_days, FIRST_DAY):  # reported per run, and per day below
+            context.log.warning(f"{clean_key.to_user_string()}: {note}")
         for d in region_days:
             report_region_day(context, clean_key, quarantined_key, too_late_key, d, lateness, held_here)
             if d.branch == "quarantined":
@@ -242,6 +248,8 @@ def report_region_day(
             "superseded_dropped": d.superseded,
             # raw order ids the order identity changed (lib/orders.py identity_sql)
             "ids_normalised": d.ids_normalised,
+            # event days before the first partition: in the clean table, in no global day
+            "orders_before_first_partition": d.before_first_day,
             "rows_quarantined": d.quarantined_rows,
             "rows_too_late": d.too_late_rows,
             # the global days this delivery touches besides its own: the late_data_rehomes_days
