@@ -346,3 +346,17 @@ def test_a_block_of_nul_bytes_refuses_its_file_counting_them_and_naming_it(tmp_p
         "crashed or cut write leaves it): not read, so its records are missing from the day; have the source "
         "deliver the file again"
     ]
+
+
+def test_a_line_of_more_fields_than_sparks_parser_takes_refuses_its_file_instead_of_crashing_the_job(tmp_path):
+    wide = b"o9," + b",".join([b"x"] * landing.MAX_FIELDS) + b"\n"  # one field more than the limit
+    at_limit = b"o8," + b",".join([b"x"] * (landing.MAX_FIELDS - 2)) + b"\n"  # Spark parses it (as malformed)
+    landing.land(
+        tmp_path, "us-east", DAY, "run-1", {"wide.csv": b"a,b\n1,2\n" + wide, "limit.csv": b"a,b\n" + at_limit}
+    )
+    [day] = landing.inspect_days(tmp_path, "us-east", [DAY], COLUMNS)
+    assert [landing.delivered_name(f) for f in day.files] == ["limit.csv"] and day.records == 1
+    assert day.refused == [
+        f"wide.csv: a line of more than {landing.MAX_FIELDS:,} fields near offset 0 (no record of 2 columns, and "
+        "more than Spark's CSV parser takes): refused unread; have the source deliver the file again"
+    ]

@@ -10,6 +10,7 @@ from dagster_deltalake import LocalConfig
 from pydantic import Field
 
 from pipeline_patterns.defs.lake import StorageConfig, storage_options
+from pipeline_patterns.defs.partitions import region_key
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS
@@ -32,11 +33,19 @@ class LandingZone(dg.ConfigurableIOManager):
         return storage_options(self.storage)
 
     def land(self, region: str, day: dt.date, run_id: str, files: dict[str, bytes]) -> landing.Manifest:
-        return landing.land(self.root, region, day, run_id, files, self.options())
+        """Land one extraction; a delivery it cannot store fails the step at once, saying why and what to do."""
+        try:
+            return landing.land(self.root, region, day, run_id, files, self.options())
+        except landing.LandingRefusedError as error:
+            raise dg.Failure(description=f"raw_orders/{region_key(region)}: {error}", allow_retries=False) from None
 
     def landed_by(self, region: str, day: dt.date) -> str | None:
-        """The run id of the region-day's current extraction, if any."""
-        manifest = landing.read_manifest(self.root, region, day, self.options())
+        """The run id of the region-day's current extraction, if any (none for a corrupt or linked
+        manifest: landing the day again replaces it)."""
+        try:
+            manifest = landing.read_manifest(self.root, region, day, self.options())
+        except landing.CorruptManifestError:
+            return None
         return manifest.run_id if manifest else None
 
     def inspect(self, region: str, days: list[dt.date]) -> list[landing.LandedDay]:

@@ -86,18 +86,24 @@ def held_days(
     regions: list[str],
     clean_rows: dict[str, dict[str, int]],
     quarantine_reasons: dict[str, dict[str, str]],
+    too_late_rows: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, list[str]]:
     """The days of a window the fan-in must hold, each with why: every region-day without clean
-    rows, as 'region: quarantined (checks)' or 'region: no clean data (not processed yet, or delivered empty)'.
+    rows, as 'region: quarantined (checks)', 'region: no clean data: all N orders ... came later
+    than the allowed lateness ...' or 'region: no clean data (not processed yet, or delivered empty)'.
 
     `clean_rows[region][day]` counts the clean rows, `quarantine_reasons[region][day]` names the
-    failed checks of a quarantined region-day. A day is ready when every region has clean rows.
+    failed checks of a quarantined region-day, `too_late_rows[region][day]` the rows of a
+    processed feed day that went to the late table. A day is ready when every region has clean rows.
     """
     held: dict[str, list[str]] = {}
+    late = too_late_rows or {}
     for day in days:
         reasons = [
             f"{region}: quarantined ({quarantine_reasons[region][day]})"
             if day in quarantine_reasons.get(region, {})
+            else _all_too_late(region, day, late[region][day])
+            if late.get(region, {}).get(day)
             else f"{region}: no clean data (not processed yet, or delivered empty)"
             for region in regions
             # quarantine rows hold the day even beside clean rows (a regional run that died
@@ -107,3 +113,12 @@ def held_days(
         if reasons:
             held[day] = reasons
     return held
+
+
+def _all_too_late(region: str, day: str, rows: int) -> str:
+    key = region.replace("-", "_")
+    return (
+        f"{region}: no clean data: all {rows} orders delivered for {day} came later than the allowed lateness after "
+        f"their event day, so the day is empty (they are in late_orders/{key}); have the source deliver the day's "
+        f"own orders, or raise quality_gates.allowed_lateness_days and re-materialize regional_orders/{key} for {day}"
+    )

@@ -63,10 +63,12 @@ def land(
     The landing zone names the files, not the source: each is stored as `NNNN-<name>` with every
     character outside [A-Za-z0-9._-] replaced, so a delivered name can neither leave the folder
     (`../x`), be skipped by Spark (`_x`, `.x`) nor be read as a pattern (`*`, `[`, `:`)."""
+    stored = _stored_names(region, day, files)  # before anything is written
     filesystem, base = _store(root, storage_options)
+    if object_store.is_local(str(root)):
+        _refuse_linked_folders(base, region, day)
     folder = f"{base}/{region}/{day.isoformat()}"
     filesystem.create_dir(f"{folder}/{run_id}", recursive=True)
-    stored = {name: f"{i:04d}-{safe_name(name)}" for i, name in enumerate(sorted(files))}
     for name, payload in files.items():
         with filesystem.open_output_stream(f"{folder}/{run_id}/{stored[name]}") as out:
             out.write(payload)
@@ -88,6 +90,49 @@ def land(
         with filesystem.open_output_stream(f"{folder}/{MANIFEST}") as out:  # one PUT: atomic too
             out.write(text)
     return manifest
+
+
+class LandingRefusedError(ValueError):
+    """A delivery the landing zone cannot store as asked: a file name no disk stores, or a region
+    or day folder that is a link (the landing zone writes through none)."""
+
+
+def _stored_names(region: str, day: dt.date, files: Mapping[str, bytes]) -> dict[str, str]:
+    """Delivered name -> the name the landing zone stores it under, or LandingRefusedError naming
+    every name it cannot store: one longer than a disk stores (NAME_MAX bytes, its prefix
+    included) or holding a NUL (no file system has such a name: a broken listing)."""
+    stored = {name: f"{i:04d}-{safe_name(name)}" for i, name in enumerate(sorted(files))}
+    bad = [name for name in sorted(files) if "\0" in name or len(stored[name].encode()) > NAME_MAX]
+    if bad:
+        longest = NAME_MAX - len(stored[bad[0]].split("-", 1)[0]) - 1
+        raise LandingRefusedError(
+            f"region {region} on {day}: the landing zone cannot store {len(bad)} delivered file name(s) "
+            f"({'; '.join(_shown_name(name) for name in bad[:3])}): a name must have at most {longest} "
+            "characters and no NUL. Nothing was landed; have the source deliver the files under such names (or "
+            f"rename them in the source client's fetch), then re-materialize raw_orders/{region.replace('-', '_')} "
+            f"for {day}"
+        )
+    return stored
+
+
+def _refuse_linked_folders(base: str, region: str, day: dt.date) -> None:
+    """LandingRefusedError if the region's or the day's folder is a link (they may not exist yet)."""
+    try:
+        os.close(_open_below(base, [region, day.isoformat()]))
+    except FileNotFoundError:
+        return
+    except LinkRefusedError as error:
+        raise LandingRefusedError(
+            f"region {region} on {day}: the landing folder {base}/{region}/{day} is {error.strerror}: the landing "
+            "zone writes through no link, which may lead outside it. Nothing was landed; replace the link by a "
+            f"folder, then re-materialize raw_orders/{region.replace('-', '_')} for {day}"
+        ) from None
+
+
+def _shown_name(name: str) -> str:
+    """A delivered name as an error shows it: cut to 40 characters, a NUL as \\0."""
+    text = name[:40].replace("\0", "\\0")
+    return f"{text}... ({len(name):,} characters)" if len(name) > 40 else text
 
 
 def safe_name(name: str) -> str:
@@ -335,6 +380,13 @@ def inspect_days(
                     "from the day; have the source deliver the file again"
                 )
                 continue
+            if scan.wide_at >= 0:
+                refused.append(
+                    f"{name}: a line of more than {MAX_FIELDS:,} fields near offset {scan.wide_at:,} (no record of "
+                    f"{len(columns) or 'a few'} columns, and more than Spark's CSV parser takes): refused unread; "
+                    "have the source deliver the file again"
+                )
+                continue
             files.append(file)
             if opened[1]:
                 identity[file] = opened[1]
@@ -418,6 +470,12 @@ _MAGIC = {
 }
 
 
+# Spark's CSV parser fails the whole job on a line of more fields than its maxColumns (20,480 by
+# default), showing the line; such a line is no record of 8 columns. Fields are counted as commas
+# + 1 (quoted commas too: an overcount, never an undercount).
+MAX_FIELDS = 20_480
+
+
 @dataclasses.dataclass(frozen=True)
 class FileScan:
     """What one pass over a landed file found."""
@@ -433,6 +491,8 @@ class FileScan:
     """NUL bytes: no CSV text holds one, a block of them is where a crashed writer's records were
     (Spark would drop such a line as blank)."""
     first_zero: int = 0
+    wide_at: int = -1
+    """Where (the offset of a chunk) a line with more than MAX_FIELDS fields is, or -1."""
 
 
 def _scan(handle: BinaryIO | pa.NativeFile) -> FileScan:
@@ -441,6 +501,7 @@ def _scan(handle: BinaryIO | pa.NativeFile) -> FileScan:
     decoder, offset, lines, problem = codecs.getincrementaldecoder("utf-8")("strict"), 0, 0, None
     head, zeros, first_zero = b"", 0, 0
     open_line = False  # the line not yet ended has a non-blank byte
+    open_commas, wide_at = 0, -1  # commas of the line not yet ended; where a line with too many fields is
     for chunk in iter(lambda: handle.read(1 << 22), b""):
         if offset == 0:
             kind = next((kind for magic, kind in _MAGIC.items() if chunk.startswith(magic)), None)
@@ -466,6 +527,13 @@ def _scan(handle: BinaryIO | pa.NativeFile) -> FileScan:
         offset += len(chunk)
         # a \r\n cut in two ends the line at the \r and adds a blank line: not counted
         parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if wide_at < 0 and open_commas + chunk.count(b",") >= MAX_FIELDS:  # only then line by line
+            commas = [part.count(b",") for part in parts]
+            commas[0] += open_commas
+            wide_at = offset - len(chunk) if max(commas) >= MAX_FIELDS else -1
+            open_commas = commas[-1]
+        else:
+            open_commas = parts[-1].count(b",") + (open_commas if len(parts) == 1 else 0)
         if len(parts) == 1:
             open_line = open_line or bool(parts[0].strip(BLANK))
             continue
@@ -478,4 +546,6 @@ def _scan(handle: BinaryIO | pa.NativeFile) -> FileScan:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             problem = "not UTF-8 text (the file ends inside a character): have the source deliver UTF-8"
-    return FileScan(problem=problem, lines=lines, header=_header(head), zeros=zeros, first_zero=first_zero)
+    return FileScan(
+        problem=problem, lines=lines, header=_header(head), zeros=zeros, first_zero=first_zero, wide_at=wide_at
+    )

@@ -175,7 +175,8 @@ def fan_in(
     # regional run commits meanwhile
     versions = {r: lake.version(regional_key(r)) for r in REGIONS}
     clean_rows = {r: lake.per_day(regional_key(r), window, version=versions[r]) for r in REGIONS}
-    held = held_days(days, REGIONS, clean_rows, {r: quarantined_checks(lake, r, window) for r in REGIONS})
+    quarantined = {r: quarantined_checks(lake, r, window) for r in REGIONS}
+    held = held_days(days, REGIONS, clean_rows, quarantined, {r: lake.per_day(late_key(r), window) for r in REGIONS})
     ready = [d for d in days if d not in held]
     delivered = DayWindow(window.start, window.end + dt.timedelta(days=allowed_lateness))
     regional = functools.reduce(
