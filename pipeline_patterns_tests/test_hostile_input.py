@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 import io
 import json
+import os
 import pathlib
 import zipfile
 from collections.abc import Callable
@@ -55,6 +56,15 @@ class Case:
     """What happens to the landed files afterwards (a link, a lost file, a corrupt manifest)."""
     names: dict[str, str] | None = None
     """Other file names: delivered name -> content kind ('good' or 'second')."""
+    metadata: dict[str, object] | None = None
+    """Values the day's regional_orders materialization must report."""
+    amounts: dict[str, float] | None = None
+    """Order id -> the amount the clean table must hold (the winning delivery's)."""
+
+
+def order(order_id: str, day: str, **fields) -> str:
+    """A record with exactly this order id (invisible characters included)."""
+    return row(0, day, **fields).replace("o0,u0,", f"{order_id},u9,", 1)
 
 
 def _zip(day: str) -> bytes:
@@ -64,12 +74,38 @@ def _zip(day: str) -> bytes:
     return buffer.getvalue()
 
 
-def _symlink(root: pathlib.Path, manifest: landing.Manifest) -> None:
+def _secret(root: pathlib.Path) -> pathlib.Path:
     secret = root.parent / "secret.txt"
     secret.write_text(SECRET + "\n")
+    return secret
+
+
+def _symlink(root: pathlib.Path, manifest: landing.Manifest) -> None:
     target = pathlib.Path(manifest.paths(root)[-1])
     target.unlink()
-    target.symlink_to(secret)
+    target.symlink_to(_secret(root))
+
+
+def _hard_link(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    target = pathlib.Path(manifest.paths(root)[-1])
+    target.unlink()
+    os.link(_secret(root), target)
+
+
+def _move_outside(root: pathlib.Path, path: pathlib.Path) -> None:
+    """`path` moved out of the landing zone, a symlink to it left in its place."""
+    moved = root.parent / f"outside-{path.parent.name}-{path.name}"
+    path.rename(moved)
+    path.symlink_to(moved, target_is_directory=moved.is_dir())
+
+
+def _linked_manifest(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    day = dt.date.fromisoformat(manifest.day)
+    _move_outside(root, landing.region_day_dir(root, manifest.region, day) / landing.MANIFEST)
+
+
+def _linked_day_folder(root: pathlib.Path, manifest: landing.Manifest) -> None:
+    _move_outside(root, landing.region_day_dir(root, manifest.region, dt.date.fromisoformat(manifest.day)))
 
 
 def _lose_file(root: pathlib.Path, manifest: landing.Manifest) -> None:
@@ -91,7 +127,16 @@ def _corrupt_manifest(root: pathlib.Path, manifest: landing.Manifest) -> None:
 
 PARSE = {"values_parse", "required_fields_present"}
 CASES: dict[str, Case] = {
-    "a good day": Case(lambda d: None, set(), (3, 0, 0)),
+    # first, so that its day is the first partition's
+    "an order of the day before the first partition": Case(
+        lambda d: text(row(9, d, event=f"{FIRST - dt.timedelta(days=1)}T10:00:00Z")),
+        set(),
+        (4, 0, 0),
+        metadata={"orders_before_first_partition": 1, "late_event_days": "2023-12-31: 1"},
+    ),
+    "a good day": Case(
+        lambda d: None, set(), (3, 0, 0), metadata={"ids_normalised": 0, "orders_before_first_partition": 0}
+    ),
     "an empty file": Case(lambda d: b"", set(), (3, 0, 0)),
     "a file of only a header": Case(lambda d: text(), set(), (3, 0, 0)),
     "Windows line ends": Case(lambda d: text(row(7, d), end="\r\n"), set(), (4, 0, 0)),
@@ -198,6 +243,65 @@ CASES: dict[str, Case] = {
         (4, 9, 0),  # four files repeat o0..o2: nine true copies, so none was skipped nor read twice
         names={"_hidden.csv": "good", ".dot.csv": "second", "*.csv": "good", "[x].csv": "good", "a:b.csv": "good"},
     ),
+    # an order's identity: invisible characters and Unicode forms are the same id
+    "ids differing by invisible characters": Case(
+        lambda d: text(
+            order("o0\u00a0", d, amount="13.00", batch="b01", delivered=d + "T18:00:00Z"),
+            row(1, d, batch="b01", delivered=d + "T18:00:00Z").replace("o1,", "\u200bo1\u2060,", 1),
+            order("\to2 ", d, amount="14.00", batch="b01", delivered=d + "T18:00:00Z"),
+        ),
+        set(),
+        (3, 1, 2),
+        metadata={"ids_normalised": 3},
+        amounts={"o0": 13.0, "o2": 14.0},
+    ),
+    "the NFC and NFD forms of one id": Case(
+        lambda d: text(
+            order("caf\u00e9", d, amount="10.00"), order("cafe\u0301", d, amount="11.00", delivered=d + "T18:00:00Z")
+        ),
+        set(),
+        (4, 0, 1),
+        metadata={"ids_normalised": 1},
+        amounts={"caf\u00e9": 11.0},
+    ),
+    "an id of only invisible characters": Case(lambda d: text(order("\u200b\u00a0\ufeff", d)), {"order_id_not_null"}),
+    # deterministic winners
+    "batch numbers compared as numbers": Case(
+        lambda d: text(order("o1", d, amount="13.00", batch="b10"), order("o1", d, amount="14.00", batch="b9")),
+        set(),
+        (3, 0, 2),
+        amounts={"o1": 13.0},
+    ),
+    "two deliveries tied on time and batch": Case(
+        lambda d: text(order("o1", d, amount="13.00")), {"deliveries_ordered"}, (3, 0, 1)
+    ),
+    "a huge batch id": Case(lambda d: text(row(9, d, batch="b" * 100_000)), {"keys_plausible"}),
+    # the landing zone's boundary
+    "a manifest that is a symlink": Case(
+        lambda d: None, {"files_readable", "volume_within_bounds"}, (0, 0, 0), _linked_manifest
+    ),
+    "a day folder that is a symlink": Case(
+        lambda d: None, {"files_readable", "volume_within_bounds"}, (0, 0, 0), _linked_day_folder
+    ),
+    "a hard link to a file outside": Case(lambda d: text(row(9, d)), {"files_readable"}, (3, 0, 0), _hard_link),
+    # no silent loss, no crash
+    "a zero-filled block where records were": Case(
+        lambda d: text(row(7, d)) + b"\0" * 4096 + b"\n" + (row(8, d) + "\n").encode(),
+        {"files_readable"},
+        (3, 0, 0),
+    ),
+    "a line of more fields than Spark's parser takes": Case(
+        lambda d: text(row(9, d) + ",x" * landing.MAX_FIELDS), {"files_readable"}, (3, 0, 0)
+    ),
+    "every order beyond the watermark": Case(
+        lambda d: text(
+            *(row(i, d, event=f"{dt.date.fromisoformat(d) - dt.timedelta(days=5)}T10:00:00Z") for i in (7, 8))
+        ),
+        set(),
+        (0, 0, 0),
+        names={"late.csv": "second"},
+        metadata={"rows_too_late": 2},
+    ),
 }
 DAYS = {name: (FIRST + dt.timedelta(days=i)).isoformat() for i, name in enumerate(CASES)}
 
@@ -287,9 +391,13 @@ def test_every_landed_record_ends_in_exactly_one_place(battery, name):
         assert set(held["failed_checks"].to_pylist()) <= {",".join(ordered)}
         assert all(check in reason for reason in held["reason"].to_pylist() for check in case.failed)
     else:
-        assert held.num_rows == 0 and clean.num_rows == kept == landed - duplicates - superseded
+        assert held.num_rows == 0 and clean.num_rows == kept == landed - duplicates - superseded - too_late
     if case.counts:
         assert (kept + quarantined, duplicates, superseded) == case.counts, name
+    for key, value in (case.metadata or {}).items():
+        assert metadata[key].value == value, (name, key)
+    for order_id, amount in (case.amounts or {}).items():
+        assert clean.filter(pc.equal(clean["order_id"], order_id))["amount"].to_pylist() == [amount], name
     if "files_readable" in case.failed:  # the refusal names the file and says what to do
         refused = next(e for e in evaluations if e.check_name == "files_readable").metadata
         assert refused["failing_rows"].value == 0
