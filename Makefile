@@ -2,7 +2,7 @@
 .PHONY: dev test test-unit test-all lint
 
 dev:  ## the UI and the daemon on a local instance (the README's `dagster dev`)
-	dagster dev
+	DAGSTER_HOME="$(CURDIR)" dagster dev
 
 test-unit:  ## the logic alone: no Spark, no Dagster run, no subprocess
 	pytest -m unit

@@ -146,8 +146,7 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
     from pipeline_patterns.lib.late_data import rehomed_frame
     from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, regional_orders_frame
     from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, clean_frame, judge_days, quarantined_frame
-    from pipeline_patterns.lib.rules import GateSettings
-    from pipeline_patterns.lib.simulated_feed import CURRENCIES_BY_REGION, RECORD_FIELDS, usd_rate
+    from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS, usd_rate
     from pipeline_patterns.lib.spark_tables import read_window, write_window
 
     builder = SparkSession.builder
@@ -155,12 +154,13 @@ def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> Non
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     lake = data_dir / "lake"
-    lateness = QualityGates().allowed_lateness_days
+    gates = QualityGates()  # the production gates, as the project's run has them
+    currencies = gates.known_currencies
+    lateness = gates.allowed_lateness_days
     days = [d.isoformat() for d in window.days]
-    currencies = sorted({c for cs in CURRENCIES_BY_REGION.values() for c in cs} | {"USD"})
     clean_rows, quarantined = {}, {}
     for region in REGIONS:
-        settings = GateSettings(known_currencies=tuple(currencies), region=region)
+        settings = gates.settings(region)
         landed = landing.inspect_days(landing_root, region, window.days, columns=list(RECORD_FIELDS))
         files = [file for day in landed for file in day.files]
         staged = regional_orders_frame(spark, files).repartition("day").persist()

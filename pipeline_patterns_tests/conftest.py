@@ -48,6 +48,13 @@ def clean_days(spark, tmp_path_factory) -> Scenario:
 
 
 @pytest.fixture(autouse=True)
+def _never_the_live_object_store(request, monkeypatch) -> None:
+    """A developer's PIPELINE_PATTERNS_OBJECT_STORE never reaches a test's lake (test_object_storage
+    sets its own)."""
+    monkeypatch.delenv("PIPELINE_PATTERNS_OBJECT_STORE", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _unit_tests_start_no_spark(request, monkeypatch) -> None:
     """A `unit` test that reaches Spark fails, saying so: it needs the `spark` fixture instead."""
     if request.node.get_closest_marker("unit"):

@@ -92,7 +92,7 @@ class Scenario:
 TEST_ENV = {"PIPELINE_PATTERNS_FEED_VOLUME": str(TEST_ORDERS_PER_DAY)}
 
 
-def test_breaker(data_dir: pathlib.Path, **settings) -> Breaker:
+def fast_breaker(data_dir: pathlib.Path, **settings) -> Breaker:
     """A breaker in the test's data dir that recovers fast."""
     return Breaker(
         **{"store": str(data_dir / "breakers.sqlite"), "recovery_timeout": FAST_BREAKER_RECOVERY, **settings}
@@ -101,7 +101,7 @@ def test_breaker(data_dir: pathlib.Path, **settings) -> Breaker:
 
 def resilient(data_dir: pathlib.Path) -> dict[str, object]:
     """The fast retry and breaker settings of a dependency resource, for a test's own source."""
-    return {"breaker": test_breaker(data_dir), "retries": FAST_RETRIES}
+    return {"breaker": fast_breaker(data_dir), "retries": FAST_RETRIES}
 
 
 def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, object]:

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.sources import OrdersSource
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.fan_in import held_days
@@ -140,3 +141,28 @@ def test_a_corrupt_or_linked_manifest_is_landed_again_by_the_raw_step(tmp_path):
     assert zone.landed_by("us-east", DAY) is None  # so the raw step lands the day again
     zone.land("us-east", DAY, "run-2", {"b00.csv": GOOD})
     assert zone.landed_by("us-east", DAY) == "run-2"
+
+
+def test_a_table_that_cannot_be_written_fails_the_step_naming_table_region_days_and_remedy(
+    spark, tmp_path, monkeypatch
+):
+    write = Lake.write
+
+    def unwritable(self, key, *args, **kwargs):
+        if key.path[0] == "quarantined_orders":
+            raise PermissionError(13, "Permission denied", str(tmp_path / "lake" / "quarantined_orders"))
+        return write(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "write", unwritable)
+    us_east = [f"{layer}/us_east" for layer in ("raw_orders", "regional_orders", "quarantined_orders", "late_orders")]
+    result = materialize(
+        tmp_path, dg.DagsterInstance.ephemeral(), partition="2024-01-02", selection=us_east, raise_on_error=False
+    )
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith(
+        f"quarantined_orders/us_east: could not write 2024-01-02 of region us-east to {tmp_path / 'lake' / 'quarantined_orders' / 'us_east'} (PermissionError:"
+    )
+    assert message.endswith(
+        "Make the lake writable (permissions, free space), then re-materialize regional_orders/us_east for 2024-01-02."
+    )

@@ -125,7 +125,10 @@ def test_verify_confirms_live_tables_from_the_landing_zone_without_calling_the_s
     assert lines[-1] == {"range": f"{first}...{last}", "identical": True}
     tables = {line["table"]: line for line in lines[:-1]}
     assert REGIONAL | {"global_orders", "daily_revenue"} <= set(tables)
-    assert all(line["identical"] and line["rows_live"] == line["rows_replay"] for line in tables.values()), tables
+    assert all(
+        line["identical"] and line["in_live"] and line["in_replay"] and line["rows_live"] == line["rows_replay"]
+        for line in tables.values()
+    ), tables
     assert all(tables[t]["rows_live"] > 0 for t in REGIONAL | {"global_orders", "daily_revenue"})
     assert not NOT_DAILY & set(tables), "the monthly and summary aggregates are not replayed by day"
     assert source_calls == []

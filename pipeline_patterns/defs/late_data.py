@@ -1,5 +1,5 @@
-"""Late data in Dagster: the `late_data` resource (the watermark) and the `late_data_rehomes_days` sensor
-that re-runs exactly the published days a later delivery touched. See docs/late_data.md."""
+"""Late data in Dagster: the `late_data_rehomes_days` sensor, which re-runs exactly the published days
+a later delivery touched (the watermark is `quality_gates.allowed_lateness_days`). See docs/late_data.md."""
 
 import hashlib
 

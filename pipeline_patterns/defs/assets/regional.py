@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 
 import dagster as dg
+import pyarrow as pa
 from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
@@ -19,6 +20,7 @@ from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, format_late_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
 from pipeline_patterns.lib import landing as landing_files
 from pipeline_patterns.lib.day_window import DayWindow
+from pipeline_patterns.lib.delta_writes import WriteResult
 from pipeline_patterns.lib.late_data import LATE_SCHEMA, left_days
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
 from pipeline_patterns.lib.quarantine import (
@@ -137,30 +139,25 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                     ),
                     allow_retries=False,
                 )
-            clean = lake.write(
+            write = functools.partial(write_or_fail, lake, region, window, run_id)
+            clean = write(
                 clean_key,
                 clean_frame(staged, region_days, lateness),
-                window,
-                run_id,
                 REGIONAL_SCHEMA,
                 rows_per_day={d.day: d.clean_rows for d in region_days},
                 not_null=CLEAN_NOT_NULL,
                 clustered=True,
             )
-            quarantined = lake.write(
+            quarantined = write(
                 quarantined_key,
                 quarantined_frame(staged, region_days, run_id, dt.datetime.now(dt.UTC)),
-                window,
-                run_id,
                 QUARANTINE_SCHEMA,
                 rows_per_day={d.day: d.quarantined_rows for d in region_days},
                 clustered=True,
             )
-            too_late = lake.write(
+            too_late = write(
                 too_late_key,
                 late_frame(staged, region_days, lateness),
-                window,
-                run_id,
                 LATE_SCHEMA,
                 rows_per_day={d.day: d.too_late_rows for d in region_days},
                 clustered=True,
@@ -296,3 +293,22 @@ def run_outcome(d: RegionDay, held_here: list[str]) -> str:
 
 
 regional_orders_assets = [regional_orders_asset(region) for region in REGIONS]
+
+
+def write_or_fail(
+    lake: Lake, region: str, window: DayWindow, run_id: str, key: dg.AssetKey, frame: DataFrame, schema: pa.Schema, **kw
+) -> WriteResult:
+    """`lake.write`, failing the step with what a person needs when the table cannot be written
+    (permissions, a full disk, a broken table): which table, region and days, and the remedy."""
+    try:
+        return lake.write(key, frame, window, run_id, schema, **kw)
+    except Exception as error:
+        raise dg.Failure(
+            description=(
+                f"{key.to_user_string()}: could not write {window} of region {region} to "
+                f"{lake.table_uri(key)} ({type(error).__name__}: {str(error)[:300]}). A write is one "
+                "transaction: this table keeps what it held for these days, and the fan-in holds any day whose "
+                "region tables disagree. Make the lake writable (permissions, free space), then re-materialize "
+                f"regional_orders/{region_key(region)} for {window}."
+            )
+        ) from error
