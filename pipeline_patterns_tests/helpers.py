@@ -49,10 +49,11 @@ TEST_JVM_ENV = {
     "JDK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:CICompilerCount=1",
     "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf {k}={v}" for k, v in TEST_SQL_SETTINGS.items()) + " pyspark-shell",
 }
-# two shuffle partitions (one per core), not eight
+# one core per worker (the two xdist workers fill the two cores; local[2] each oversubscribes them)
+# and two shuffle partitions, not eight
 TEST_SPARK_CONFIG = {
     **spark_config(),
-    "spark.master": "local[2]",
+    "spark.master": "local[1]",
     "spark.sql.shuffle.partitions": "2",
     **TEST_SQL_SETTINGS,
 }
