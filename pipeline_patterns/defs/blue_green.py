@@ -17,9 +17,8 @@ from pipeline_patterns.defs.assets.global_merge import (
     REVENUE_NOT_NULL,
     fan_in,
 )
-from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.checks import QualityGates
-from pipeline_patterns.defs.keys import GREEN_RELEASE
+from pipeline_patterns.defs.keys import GREEN_RELEASE, late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
 from pipeline_patterns.defs.sources import FxRates

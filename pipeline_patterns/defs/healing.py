@@ -15,8 +15,7 @@ from pydantic import Field
 
 from pipeline_patterns.defs import automation  # the module, not its job: the defs folder must see the job once
 from pipeline_patterns.defs.alerts import Notifier
-from pipeline_patterns.defs.assets.regional import quarantine_key
-from pipeline_patterns.defs.keys import ATTEMPT_TAG, HEALS_DAY_TAG
+from pipeline_patterns.defs.keys import ATTEMPT_TAG, DAILY_REVENUE, HEALS_DAY_TAG, REASON_TAG, quarantine_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.defs.resilience import Dependency
@@ -41,7 +40,7 @@ class HealingPolicy(dg.ConfigurableResource):
 def failed_days(instance: dg.DagsterInstance, lake: Lake, orders_source: OrdersSource) -> list[healing.FailedDay]:
     """What healing needs to know of every day whose daily_revenue partition is FAILED."""
     keys = daily_partitions.get_partition_keys()
-    statuses = instance.get_status_by_partition(automation.DAILY_REVENUE, keys, daily_partitions) or {}
+    statuses = instance.get_status_by_partition(DAILY_REVENUE, keys, daily_partitions) or {}
     days = sorted(d for d, s in statuses.items() if s == dg.AssetPartitionStatus.FAILED)
     if not days:
         return []
@@ -49,12 +48,12 @@ def failed_days(instance: dg.DagsterInstance, lake: Lake, orders_source: OrdersS
     quarantined = {r: lake.per_day(quarantine_key(r), span) for r in REGIONS}
     found = []
     for day in days:
-        planned = instance.get_latest_planned_materialization_info(automation.DAILY_REVENUE, partition=day)
+        planned = instance.get_latest_planned_materialization_info(DAILY_REVENUE, partition=day)
         record = instance.get_run_record_by_id(planned.run_id) if planned else None
         if record is None:
             continue
         last_success = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=automation.DAILY_REVENUE, asset_partitions=[day]), limit=1
+            dg.AssetRecordsFilter(asset_key=DAILY_REVENUE, asset_partitions=[day]), limit=1
         ).records
         since = dt.datetime.fromtimestamp(last_success[0].timestamp, dt.UTC) if last_success else None
         held = tuple(r for r in REGIONS if quarantined[r].get(day))
@@ -141,7 +140,7 @@ def heal_failed_days(
                     run_key=f"heal {d.day} attempt {d.attempt} after {d.run_id}",
                     job_name=automation.daily_orders_job.name,
                     partition_key=d.day,
-                    tags={HEALS_DAY_TAG: d.day, ATTEMPT_TAG: str(d.attempt), automation.REASON_TAG: d.reason},
+                    tags={HEALS_DAY_TAG: d.day, ATTEMPT_TAG: str(d.attempt), REASON_TAG: d.reason},
                 )
             )
             notifier.notify("healing_attempt", day=d.day, attempt=d.attempt, reason=d.reason, failed_run=d.run_id)
@@ -149,7 +148,7 @@ def heal_failed_days(
             reported[d.day] = d.run_id  # once per failed run: a person's later failed run is reported again
             observations.append(
                 dg.AssetObservation(
-                    asset_key=automation.DAILY_REVENUE,
+                    asset_key=DAILY_REVENUE,
                     partition=d.day,
                     metadata={"healing": "gave up", "healing/reason": d.reason, "healing/failed_run": d.run_id},
                 )

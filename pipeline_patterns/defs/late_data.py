@@ -5,8 +5,8 @@ import hashlib
 
 import dagster as dg
 
-from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS, REASON_TAG, REHOMES_TAG
-from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
+from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS, REASON_TAG, REHOMES_TAG, regional_key
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 LATE_EVENT_DAYS = "late_event_days"
@@ -70,7 +70,7 @@ def stale_days(instance: dg.DagsterInstance) -> dict[str, list[str]]:
             read[record.partition_key] = parse_versions(versions)
     stale: dict[str, list[str]] = {}
     for region in REGIONS:
-        key = dg.AssetKey(["regional_orders", region_key(region)])
+        key = regional_key(region)
         history: dict[str, list[tuple[int, dict[str, int]]]] = {}
         for record in _all_records(instance, key):
             metadata = _metadata(record)
@@ -102,7 +102,7 @@ def _regional_days_in_progress(instance: dg.DagsterInstance, feed_days: list[str
     the others, and run again for the rest."""
     writing = []
     for region in REGIONS:
-        key = dg.AssetKey(["regional_orders", region_key(region)])
+        key = regional_key(region)
         statuses = instance.get_status_by_partition(key, feed_days, daily_partitions) or {}
         writing += [
             f"{region} {day}" for day, status in statuses.items() if status == dg.AssetPartitionStatus.IN_PROGRESS

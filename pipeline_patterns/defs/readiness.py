@@ -7,8 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from pipeline_patterns.defs.assets.global_merge import DAILY_REVENUE, GLOBAL_ORDERS
-from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
-from pipeline_patterns.defs.keys import CLOSES_TAG, REASON_TAG, raw_key
+from pipeline_patterns.defs.keys import CLOSES_TAG, REASON_TAG, late_key, quarantine_key, raw_key, regional_key
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions
 from pipeline_patterns.lib import readiness
 

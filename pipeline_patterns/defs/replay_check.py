@@ -8,9 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline_patterns.defs.assets.regional import regional_key
 from pipeline_patterns.defs.checks import QualityGates
-from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS
+from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.defs.sources import FxRates
@@ -28,7 +27,7 @@ class ReplayDay(dg.Config):
 
 
 @dg.asset_check(
-    asset="daily_revenue",
+    asset=DAILY_REVENUE,
     blocking=False,
     description="On demand: a clean replay of the day's fan-in and revenue gives identical content.",
 )

@@ -14,9 +14,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline_patterns.defs.alerts import Notifier
-from pipeline_patterns.defs.assets.regional import late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.checks import QualityGates
-from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS
+from pipeline_patterns.defs.keys import DAILY_REVENUE, GLOBAL_ORDERS, late_key, quarantine_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.late_data import REGIONAL_VERSIONS, format_versions
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run

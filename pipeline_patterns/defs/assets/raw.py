@@ -6,15 +6,16 @@ import functools
 import dagster as dg
 
 from pipeline_patterns.defs.alerts import Notifier
+from pipeline_patterns.defs.keys import raw_key
 from pipeline_patterns.defs.landing import LandingZone
-from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, single_run
 from pipeline_patterns.defs.resilience import call_dependency
 from pipeline_patterns.defs.sources import OrdersSource
 
 
 def raw_orders_asset(region: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["raw_orders", region_key(region)],
+        key=raw_key(region),
         partitions_def=daily_partitions,
         backfill_policy=single_run,
         group_name="landing",

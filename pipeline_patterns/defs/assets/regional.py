@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_patterns.defs.alerts import Notifier
 from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
-from pipeline_patterns.defs.keys import late_key, quarantine_key, regional_key
+from pipeline_patterns.defs.keys import late_key, quarantine_key, raw_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
 from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, format_late_days
@@ -41,7 +41,7 @@ CLEAN_NOT_NULL = ("order_id", "user_id", "region", "amount", "currency", "event_
 
 def regional_orders_asset(region: str) -> dg.AssetsDefinition:
     clean_key, quarantined_key, too_late_key = regional_key(region), quarantine_key(region), late_key(region)
-    raw_key = dg.AssetKey(["raw_orders", region_key(region)])
+    raw = raw_key(region)
 
     @dg.multi_asset(
         name=f"regional_orders__{region_key(region)}",
@@ -50,7 +50,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         specs=[
             dg.AssetSpec(
                 clean_key,
-                deps=[raw_key],
+                deps=[raw],
                 group_name="regional",
                 kinds={"pyspark", "delta", "clean"},
                 description=(
@@ -61,7 +61,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             ).with_io_manager_key("lake"),
             dg.AssetSpec(
                 quarantined_key,
-                deps=[raw_key],
+                deps=[raw],
                 group_name="quarantine",
                 kinds={"delta", "quarantine"},
                 description=(
@@ -71,7 +71,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             ).with_io_manager_key("lake"),
             dg.AssetSpec(
                 too_late_key,
-                deps=[raw_key],
+                deps=[raw],
                 group_name="late",
                 kinds={"delta", "late"},
                 description=(
