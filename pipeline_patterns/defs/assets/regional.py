@@ -20,7 +20,7 @@ from pipeline_patterns.defs.late_data import LATE_EVENT_DAYS, format_late_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, day_window, region_key, single_run
 from pipeline_patterns.lib import landing as landing_files
 from pipeline_patterns.lib.day_window import DayWindow
-from pipeline_patterns.lib.delta_writes import WriteResult
+from pipeline_patterns.lib.delta_writes import RefusedCommit, WriteResult
 from pipeline_patterns.lib.late_data import LATE_SCHEMA, left_days
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, regional_orders_frame
 from pipeline_patterns.lib.quarantine import (
@@ -302,6 +302,8 @@ def write_or_fail(
     (permissions, a full disk, a broken table): which table, region and days, and the remedy."""
     try:
         return lake.write(key, frame, window, run_id, schema, **kw)
+    except RefusedCommit:
+        raise  # the commit's own checks refused the files: their message already says what and why
     except Exception as error:
         raise dg.Failure(
             description=(
