@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from pipeline_patterns.defs.keys import DAILY_REVENUE, MONTHLY_REVENUE, REASON_TAG, REVENUE_SUMMARY
-from pipeline_patterns.defs.partitions import daily_partitions, monthly_partitions
+from pipeline_patterns.defs.partitions import daily_partitions
 from pipeline_patterns.lib import aggregates
 
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
@@ -15,11 +15,10 @@ PLANNED = dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
 daily_orders_job = dg.define_asset_job(
     "daily_orders",
     selection=dg.AssetSelection.assets(DAILY_REVENUE).upstream(),
-    partitions_def=daily_partitions,
     description="The daily graph: landing, regional gates and quarantine, fan-in, daily revenue.",
 )
 monthly_revenue_job = dg.define_asset_job(
-    "monthly_revenue_job", selection=[MONTHLY_REVENUE], partitions_def=monthly_partitions
+    "monthly_revenue_job", selection=[MONTHLY_REVENUE]
 )
 revenue_summary_job = dg.define_asset_job("revenue_summary_job", selection=[REVENUE_SUMMARY])
 
