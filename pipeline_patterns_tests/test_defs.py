@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from pipeline_patterns import definitions
-from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns_tests.helpers import PROJECT_ROOT
 
 REGIONAL = [region_key(r) for r in REGIONS]
@@ -154,6 +154,8 @@ def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
     blocking = {spec.name for spec in regional.check_specs if spec.blocking}
     # the quarantine is the gate; only lost rows stop the run
     assert blocking == {"rows_accounted"}
+    # each day's verdict is recorded under its day: the UI's partition bar and history per check
+    assert all(spec.partitions_def == daily_partitions for spec in regional.check_specs)
 
 
 def test_the_daily_schedule_and_the_sensors_run_by_default():

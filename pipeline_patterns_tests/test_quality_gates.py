@@ -165,7 +165,7 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
         raise_on_error=False,
     )
     volume = next(e for e in result.get_asset_check_evaluations() if e.check_name == "volume_within_bounds")
-    assert not volume.passed
+    assert not volume.passed and volume.partition == "2024-02-09"  # the verdict is the day's own
     assert volume.metadata["orders"].value == 8 and volume.metadata["min_orders_per_day"].value == TEST_MIN_ORDERS
     assert quarantine(tmp_path).num_rows == 8
 

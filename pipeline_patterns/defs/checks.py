@@ -4,6 +4,7 @@ lib/rules.py on every region, and the one blocking check, `rows_accounted`. See 
 import dagster as dg
 from pydantic import Field
 
+from pipeline_patterns.defs.partitions import daily_partitions
 from pipeline_patterns.lib.quarantine import RegionDay
 from pipeline_patterns.lib.rules import RULES, GateSettings, RuleOutcome
 from pipeline_patterns.lib.simulated_feed import BASE_USD_RATES
@@ -67,6 +68,7 @@ def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             rule.name,
             asset=asset_key,
+            partitions_def=daily_partitions,
             description=f"[{rule.severity}] {rule.description}"
             + (" A failing region-day is quarantined." if rule.blocking else ""),
         )
@@ -76,6 +78,7 @@ def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             ROWS_ACCOUNTED,
             asset=asset_key,
+            partitions_def=daily_partitions,
             description=(
                 "[ERROR, blocking] rows landed = processed + duplicates (true copies) + superseded (older "
                 "versions of a kept order) + quarantined, every day."
