@@ -17,9 +17,7 @@ daily_orders_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(DAILY_REVENUE).upstream(),
     description="The daily graph: landing, regional gates and quarantine, fan-in, daily revenue.",
 )
-monthly_revenue_job = dg.define_asset_job(
-    "monthly_revenue_job", selection=[MONTHLY_REVENUE]
-)
+monthly_revenue_job = dg.define_asset_job("monthly_revenue_job", selection=[MONTHLY_REVENUE])
 revenue_summary_job = dg.define_asset_job("revenue_summary_job", selection=[REVENUE_SUMMARY])
 
 daily_orders_schedule = dg.build_schedule_from_partitioned_job(
