@@ -143,6 +143,24 @@ def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(d
     }
     assert evaluations[("regional_orders/eu_west", "user_id_not_null", "2024-01-01")] is False
     assert all(evaluations[("regional_orders/us_west", "user_id_not_null", d)] for d in five)
+    # each day's verdict targets that day's materialization: the current verdict of the day, which
+    # the check's partition bar in the UI shows (a verdict targeting none would not count)
+    eu_west = dg.AssetKey(["regional_orders", "eu_west"])
+    materialized = {
+        r.partition_key: r.storage_id
+        for r in default_range.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=eu_west, asset_partitions=five), limit=5
+        ).records
+    }
+    targets = {
+        e.partition: e.target_materialization_data.storage_id
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == eu_west
+        and e.check_name == "user_id_not_null"
+        and e.partition in five
+        and e.target_materialization_data
+    }
+    assert targets == materialized and len(targets) == 5
     for region in REGIONS:
         key = f"regional_orders/{region.replace('-', '_')}"
         assert all(evaluations[(key, "rows_accounted", d)] for d in five)

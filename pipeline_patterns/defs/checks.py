@@ -2,6 +2,12 @@
 lib/rules.py on every region, and the one blocking check, `rows_accounted`. See docs/quality_gates.md."""
 
 import dagster as dg
+
+# dagster #17005 (partitioned asset checks): an AssetCheckResult carries no partition, so a range
+# run's per-day verdicts are AssetCheckEvaluations, which need the materialization they target
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData as TargetMaterialization,
+)
 from pydantic import Field
 
 from pipeline_patterns.defs.partitions import daily_partitions
@@ -145,10 +151,27 @@ def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
     )
 
 
-def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.AssetCheckEvaluation]:
-    """Every check's verdict on ONE day of a range run. Dagster plans a check per partition of a
-    range, but an `AssetCheckResult` carries no partition (1.13), so without these the per-day
-    planned checks would stay "in progress", or turn "execution failed" when the run fails."""
+def day_materializations(
+    instance: dg.DagsterInstance, key: dg.AssetKey, days: list[str]
+) -> dict[str, TargetMaterialization]:
+    """The latest materialization of each day (newest first in storage), which its verdicts target."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=days), limit=len(days)
+    ).records
+    targets: dict[str, TargetMaterialization] = {}
+    for record in records:
+        if record.partition_key and record.partition_key not in targets:
+            targets[record.partition_key] = TargetMaterialization(
+                storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+            )
+    return targets
+
+
+def day_evaluations(
+    asset_key: dg.AssetKey, region_day: RegionDay, target: TargetMaterialization | None = None
+) -> list[dg.AssetCheckEvaluation]:
+    """Every check's verdict on ONE day of a range run, under its day and targeting the day's
+    materialization `target` (an `AssetCheckResult` carries no partition in 1.13)."""
     blocking = {rule.name: rule.blocking for rule in RULES}
     day = region_day.day
     evaluations = [
@@ -165,6 +188,7 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
                 "sample_keys": ", ".join(outcome.sample_keys) or "none",
             },
             partition=day,
+            target_materialization_data=target,
         )
         for outcome in region_day.outcomes
     ]
@@ -187,6 +211,7 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
                 "rows_quarantined": region_day.quarantined_rows,
             },
             partition=region_day.day,
+            target_materialization_data=target,
         )
     )
     return evaluations

@@ -12,7 +12,15 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_patterns.defs.alerts import Notifier
-from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
+from pipeline_patterns.defs.checks import (
+    QualityGates,
+    TargetMaterialization,
+    accounting_result,
+    day_evaluations,
+    day_materializations,
+    gate_results,
+    gate_specs,
+)
 from pipeline_patterns.defs.keys import late_key, quarantine_key, raw_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
@@ -120,12 +128,9 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
                 raise dg.Failure(description=f"{clean_key.to_user_string()}: {error}", allow_retries=False) from None
             region_days = with_left_days(spark.spark_session, lake, clean_key, staged, region_days, window, lateness)
             checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
-            if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
-                for d in region_days:
-                    for evaluation in day_evaluations(clean_key, d):
-                        context.log_event(evaluation)
             lost = [d for d in region_days if not d.accounted]
             if lost:
+                log_day_evaluations(context, clean_key, region_days, {})  # nothing materialized to target
                 yield from checks
                 raise dg.Failure(
                     description=(
@@ -186,6 +191,8 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             metadata={"delta_version": clean.version, "table_uri": dg.MetadataValue.path(clean.table_uri)},
             check_results=checks,
         )
+        days = [d.day for d in region_days]
+        log_day_evaluations(context, clean_key, region_days, day_materializations(context.instance, clean_key, days))
         yield dg.MaterializeResult(
             asset_key=quarantined_key,
             metadata={"delta_version": quarantined.version, "table_uri": dg.MetadataValue.path(quarantined.table_uri)},
@@ -196,6 +203,20 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
         )
 
     return regional_orders
+
+
+def log_day_evaluations(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    region_days: list[RegionDay],
+    targets: dict[str, TargetMaterialization],
+) -> None:
+    """A range run's verdicts, each under its day and targeting that day's materialization (a
+    verdict that targets none is not the day's current one). One day: the step's results are its own."""
+    if len(region_days) > 1:
+        for d in region_days:
+            for evaluation in day_evaluations(key, d, targets.get(d.day)):
+                context.log_event(evaluation)
 
 
 def with_left_days(
