@@ -271,6 +271,85 @@ def run_pyarrow(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> N
         commit_staged(str(lake / table_name), staging[table_name], window, schema)
 
 
+GRAPH = "*daily_revenue"  # what `dagster asset materialize --select` takes: the daily graph with its landing
+
+
+def run_graph_in_memory(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
+    """The CLI's range run of GRAPH, on an ephemeral (in-memory) instance instead of DAGSTER_HOME."""
+    import dagster as dg
+
+    from pipeline_patterns.definitions import assets_and_checks
+    from pipeline_patterns.defs.assets.global_merge import holds_days
+    from pipeline_patterns.defs.resources import build_resources
+
+    result = dg.materialize(
+        assets_and_checks(),
+        selection=GRAPH,
+        tags={
+            "dagster/asset_partition_range_start": window.start.isoformat(),
+            "dagster/asset_partition_range_end": (window.end - dt.timedelta(days=1)).isoformat(),
+        },
+        resources=build_resources(data_dir),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    crashes = [e for e in result.get_step_failure_events() if not holds_days(e)]
+    if crashes:
+        raise RuntimeError(f"the run failed, not only holding days: {crashes[0].step_failure_data.error}")
+
+
+def instance_cost(days: int) -> dict:
+    """The same CLI range run of GRAPH twice, each in a fresh process and data dir: with a fresh
+    SQLite DAGSTER_HOME holding the project's dagster.yaml, and on an in-memory instance."""
+    import dagster as dg
+
+    from pipeline_patterns.definitions import defs
+
+    root = REPORT.parent.parent
+    last = FIRST_DAY + dt.timedelta(days=days - 1)
+    with tempfile.TemporaryDirectory(prefix="bench-instance-") as scratch:
+        home, walls = pathlib.Path(scratch) / "dagster_home", {}
+        home.mkdir()
+        (home / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+        for name in ("sqlite", "in_memory"):
+            data_dir = pathlib.Path(scratch) / name
+            run_env = {**env, "PIPELINE_PATTERNS_DATA_DIR": str(data_dir)}
+            if name == "sqlite":
+                run_env["DAGSTER_HOME"] = str(home)
+                command = [str(pathlib.Path(sys.executable).parent / "dagster"), "asset", "materialize"]
+                command += ["-m", "pipeline_patterns.definitions", "--select", GRAPH]
+                command += ["--partition-range", f"{FIRST_DAY}...{last}"]
+            else:  # the same run through dg.materialize: the runner lands nothing itself (GRAPH does)
+                command = [sys.executable, "-m", "pipeline_patterns.benchmark", "--run", "graph_in_memory"]
+                command += ["--days", str(days), "--landing", str(data_dir / "landing"), "--data-dir", str(data_dir)]
+            start = time.perf_counter()
+            run = subprocess.run(command, cwd=root, env=run_env, capture_output=True, text=True)
+            walls[name] = time.perf_counter() - start
+            held = f"days of {FIRST_DAY}...{last}" in run.stdout + run.stderr  # a default-config range holds days
+            if run.returncode != 0 and not (name == "sqlite" and held):
+                raise RuntimeError(f"{name} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            evaluations = instance.get_event_records(
+                dg.EventRecordsFilter(dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1_000_000
+            )
+            # what Dagster planned: one record per check and day of the range, each to be resolved
+            records = [
+                r
+                for key in defs().resolve_asset_graph().asset_check_keys
+                for r in instance.event_log_storage.get_asset_check_execution_history(key, limit=100_000)
+            ]
+    return {
+        "instance_cost_days": days,
+        "sqlite_s": round(walls["sqlite"], 1),
+        "in_memory_s": round(walls["in_memory"], 1),
+        "sqlite_over_in_memory": round(walls["sqlite"] / walls["in_memory"], 2),
+        "check_evaluations_stored": len(evaluations),
+        "check_records_planned": len(records),
+        "left_unresolved": sum(r.status.value == "PLANNED" for r in records),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Measured:
     variant: str
@@ -378,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--landing", help="a landing zone to reuse (else a temporary one)")
     parser.add_argument("--big-day", type=int, nargs="+", help="orders of one region-day to measure instead")
-    parser.add_argument("--run", choices=[*VARIANTS, "regional_day"], help=argparse.SUPPRESS)
+    parser.add_argument("--instance-cost", type=int, nargs="+", help="days of a CLI range: SQLite vs in-memory")
+    parser.add_argument("--run", choices=[*VARIANTS, "regional_day", "graph_in_memory"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
@@ -386,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
         window = DayWindow(FIRST_DAY, FIRST_DAY + dt.timedelta(days=args.days[0]))
         runners = {"project": run_project, "spark": run_spark, "pyarrow": run_pyarrow, "regional_day": run_regional_day}
+        runners["graph_in_memory"] = run_graph_in_memory
         runner = runners[args.run]
         runner(pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
         return 0
@@ -395,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record), flush=True)
         records.append(record)
 
+    if args.instance_cost:
+        for days in args.instance_cost:
+            emit(instance_cost(days))
+        write_report(records, sys.argv[1:] if argv is None else argv)
+        return 0
     if args.big_day:
         for rows in args.big_day:
             with tempfile.TemporaryDirectory(prefix="bench-big-day-") as scratch:

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline_patterns import definitions
 from pipeline_patterns.defs.partitions import REGIONS, region_key
+from pipeline_patterns.lib.rules import RULES
 from pipeline_patterns_tests.helpers import PROJECT_ROOT
 
 REGIONAL = [region_key(r) for r in REGIONS]
@@ -124,26 +125,7 @@ def test_ci_runs_the_readmes_test_command():
 
 def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
     checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
-    names = {
-        "files_readable",
-        "schema_matches",
-        "times_in_range",
-        "values_parse",
-        "order_id_not_null",
-        "user_id_not_null",
-        "order_id_unique",
-        "deliveries_ordered",
-        "volume_within_bounds",
-        "amount_non_negative",
-        "required_fields_present",
-        "amount_plausible",
-        "region_matches",
-        "keys_plausible",
-        "currency_known",
-        "event_time_not_in_future",
-        "event_time_fresh",
-        "rows_accounted",
-    }
+    names = {"quality_gates", "rows_accounted"}  # every rule of lib/rules.py is in quality_gates
     assert checks == {(f"regional_orders/{r}", n) for r in REGIONAL for n in names} | {
         ("daily_revenue", "replay_matches"),
         ("green_release", "green_files_valid"),
@@ -154,6 +136,8 @@ def test_the_checks_are_the_gates_on_every_region_and_the_replay_check():
     blocking = {spec.name for spec in regional.check_specs if spec.blocking}
     # the quarantine is the gate; only lost rows stop the run
     assert blocking == {"rows_accounted"}
+    gate = next(spec for spec in regional.check_specs if spec.name == "quality_gates")
+    assert all(f"- {rule.name} [{rule.severity}" in (gate.description or "") for rule in RULES)
 
 
 def test_the_daily_schedule_and_the_sensors_run_by_default():

@@ -1,13 +1,15 @@
-"""The quality gates as Dagster asset checks: the `quality_gates` resource, one check per rule of
-lib/rules.py on every region, and the one blocking check, `rows_accounted`. See docs/quality_gates.md."""
+"""The quality gates as Dagster asset checks on every region: `quality_gates` (every rule of lib/rules.py
+in one verdict per day) and the one blocking check, `rows_accounted`; the `quality_gates` resource.
+See docs/quality_gates.md."""
 
 import dagster as dg
 from pydantic import Field
 
 from pipeline_patterns.lib.quarantine import RegionDay
-from pipeline_patterns.lib.rules import RULES, GateSettings, RuleOutcome
+from pipeline_patterns.lib.rules import RULES, DayRule, GateSettings, RowRule
 from pipeline_patterns.lib.simulated_feed import BASE_USD_RATES
 
+QUALITY_GATES = "quality_gates"
 ROWS_ACCOUNTED = "rows_accounted"
 _DEFAULTS = GateSettings(known_currencies=())
 
@@ -63,16 +65,20 @@ class QualityGates(dg.ConfigurableResource):
 
 
 def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    specs = [
-        dg.AssetCheckSpec(
-            rule.name,
-            asset=asset_key,
-            description=f"[{rule.severity}] {rule.description}"
-            + (" A failing region-day is quarantined." if rule.blocking else ""),
-        )
+    rules = "\n".join(
+        f"- {rule.name} [{rule.severity}{', quarantines' if rule.blocking else ''}]: {rule.description}"
         for rule in RULES
-    ]
-    specs.append(
+    )
+    return [
+        dg.AssetCheckSpec(
+            QUALITY_GATES,
+            asset=asset_key,
+            description=(
+                "Every rule of the gate on each region-day, one verdict per day: failed (ERROR) when a rule that "
+                "quarantines fails, then the region-day is quarantined; failed (WARN) when only a warning rule "
+                "fails. The description names the failed rules; the metadata has every rule's outcome.\n\n" + rules
+            ),
+        ),
         dg.AssetCheckSpec(
             ROWS_ACCOUNTED,
             asset=asset_key,
@@ -81,9 +87,8 @@ def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
                 "versions of a kept order) + quarantined, every day."
             ),
             blocking=True,
-        )
-    )
-    return specs
+        ),
+    ]
 
 
 def days_label(days: list[str]) -> str:
@@ -94,33 +99,53 @@ def days_label(days: list[str]) -> str:
     return f"{days[0]}...{days[-1]} ({len(days)} days; each day also has its own row)"
 
 
-def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.AssetCheckResult]:
-    """One result per rule over the run's days: passed when every day passed; a failure names
-    its days and sample rows."""
-    label = days_label(list(outcomes_by_day))
-    results = []
-    for rule in RULES:
-        day_outcomes = {
-            day: next(o for o in outcomes if o.rule == rule.name) for day, outcomes in outcomes_by_day.items()
-        }
-        failed = {day: o for day, o in day_outcomes.items() if not o.passed}
-        shown = next(iter(failed.values()), None) or next(iter(day_outcomes.values()))
-        metadata = {
-            "failing_days": ", ".join(failed) or "none",
-            "failing_rows": sum(o.failing_rows for o in failed.values()),
-            "sample_keys": ", ".join(shown.sample_keys) or "none",
-            **{k: v if isinstance(v, int | float) else str(v) for k, v in shown.details.items()},
-        }
-        results.append(
-            dg.AssetCheckResult(
-                check_name=rule.name,
-                passed=not failed,
-                severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
-                metadata={"days": label, **metadata},
-                description=f"{label}: " + (f"failed on {', '.join(failed)}" if failed else "passed"),
-            )
-        )
-    return results
+def gate_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
+    """The gate's verdict over the run's days (for one day, that day's own evaluation)."""
+    return dg.AssetCheckResult(check_name=QUALITY_GATES, **_gate_verdict(region_days))
+
+
+def _gate_verdict(region_days: list[RegionDay]) -> dict:
+    """Passed, severity, description and metadata of the gate over some days: every rule's
+    outcome in the metadata, the failed rules in the description after the day(s)."""
+    days = [d.day for d in region_days]
+    failed = {d.day: [o for o in d.outcomes if not o.passed] for d in region_days}
+    failed_rules = {o.rule for f in failed.values() for o in f}
+    errors = [r.name for r in RULES if r.name in failed_rules and r.blocking]  # they quarantine (lib/quarantine.py)
+    warnings = [r.name for r in RULES if r.name in failed_rules and not r.blocking]
+    if len(region_days) == 1:
+        d = region_days[0]
+        told = [
+            f"{o.rule} failed{_rows(o.failing_rows)}{' (WARN)' if o.rule in warnings else ''}" for o in failed[d.day]
+        ]
+        description = f"{d.day}: " + (", ".join(told) or "every rule passed") + f"; the region-day is {d.branch}"
+    else:
+        told = [f"{day} ({', '.join(o.rule for o in f)})" for day, f in failed.items() if f]
+        description = f"{days_label(days)}: " + (f"failed on {', '.join(told)}" if told else "every rule passed")
+    return {
+        "passed": not errors and not warnings,
+        "severity": dg.AssetCheckSeverity.ERROR if errors or not warnings else dg.AssetCheckSeverity.WARN,
+        "description": description,
+        "metadata": {
+            ("day" if len(days) == 1 else "days"): days_label(days),
+            "failed_checks": ", ".join(errors) or "none",
+            "warnings": ", ".join(warnings) or "none",
+            "failing_days": ", ".join(day for day, f in failed.items() if f) or "none",
+            **{rule.name: dg.MetadataValue.json(_rule_entry(rule, region_days)) for rule in RULES},
+        },
+    }
+
+
+def _rule_entry(rule: RowRule | DayRule, region_days: list[RegionDay]) -> dict:
+    """One rule's outcome over the days: passed or not, the failing rows and sample ids, its
+    parameters and findings (of the first failing day)."""
+    outcomes = {d.day: next(o for o in d.outcomes if o.rule == rule.name) for d in region_days}
+    failed = {day: o for day, o in outcomes.items() if not o.passed}
+    shown = next(iter(failed.values()), None) or next(iter(outcomes.values()))
+    entry: dict = {"passed": not failed, "severity": rule.severity}
+    if len(outcomes) > 1:
+        entry["failing_days"] = list(failed)
+    entry |= {"failing_rows": sum(o.failing_rows for o in failed.values()), "sample_keys": shown.sample_keys}
+    return entry | {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in shown.details.items()}
 
 
 def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
@@ -143,29 +168,14 @@ def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
 
 
 def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.AssetCheckEvaluation]:
-    """Every check's verdict on ONE day of a range run. Dagster plans a check per partition of a
-    range, but an `AssetCheckResult` carries no partition (1.13), so without these the per-day
-    planned checks would stay "in progress", or turn "execution failed" when the run fails."""
-    blocking = {rule.name: rule.blocking for rule in RULES}
+    """Both checks' verdicts on ONE day of a range run. Dagster plans a check per partition of a
+    range, but an `AssetCheckResult` carries no partition (1.13): without these, each day's planned
+    check would stay "in progress", or turn "execution failed" when the run fails."""
     day = region_day.day
-    evaluations = [
+    return [
         dg.AssetCheckEvaluation(
-            asset_key=asset_key,
-            check_name=outcome.rule,
-            passed=outcome.passed,
-            severity=dg.AssetCheckSeverity.ERROR if blocking[outcome.rule] else dg.AssetCheckSeverity.WARN,
-            description=f"{day}: "
-            + ("passed" if outcome.passed else _failed_on(outcome.failing_rows, region_day.branch)),
-            metadata={
-                "day": day,
-                "failing_rows": outcome.failing_rows,
-                "sample_keys": ", ".join(outcome.sample_keys) or "none",
-            },
-            partition=day,
-        )
-        for outcome in region_day.outcomes
-    ]
-    evaluations.append(
+            asset_key=asset_key, check_name=QUALITY_GATES, partition=day, **_gate_verdict([region_day])
+        ),
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=ROWS_ACCOUNTED,
@@ -183,13 +193,11 @@ def day_evaluations(asset_key: dg.AssetKey, region_day: RegionDay) -> list[dg.As
                 "superseded_dropped": region_day.superseded,
                 "rows_quarantined": region_day.quarantined_rows,
             },
-            partition=region_day.day,
-        )
-    )
-    return evaluations
+            partition=day,
+        ),
+    ]
 
 
-def _failed_on(failing_rows: int, branch: str) -> str:
+def _rows(failing_rows: int) -> str:
     # a day rule (volume, freshness) counts no rows
-    rows = f" on {failing_rows} row{'' if failing_rows == 1 else 's'}" if failing_rows else ""
-    return f"failed{rows}; the region-day is {branch}"
+    return f" on {failing_rows} row{'' if failing_rows == 1 else 's'}" if failing_rows else ""

@@ -12,7 +12,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_patterns.defs.alerts import Notifier
-from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results, gate_specs
+from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_result, gate_specs
 from pipeline_patterns.defs.keys import late_key, quarantine_key, raw_key, regional_key
 from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.landing import LandingZone
@@ -119,7 +119,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             except landing_files.LandingChangedError as error:
                 raise dg.Failure(description=f"{clean_key.to_user_string()}: {error}", allow_retries=False) from None
             region_days = with_left_days(spark.spark_session, lake, clean_key, staged, region_days, window, lateness)
-            checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
+            checks = [gate_result(region_days), accounting_result(region_days)]
             if len(region_days) > 1:  # a range: each day's own verdicts too (one day: `checks` are its own)
                 for d in region_days:
                     for evaluation in day_evaluations(clean_key, d):
