@@ -177,7 +177,7 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
         ],
         raise_on_error=False,
     )
-    gate = gate_evaluation(result)
+    gate = gate_evaluation(result, region="eu-west")
     assert not gate.passed and gate.metadata["failed_checks"].value == "volume_within_bounds"
     volume = gate.metadata["volume_within_bounds"].value
     assert not volume["passed"] and volume["orders"] == 8 and volume["min_orders_per_day"] == TEST_MIN_ORDERS
