@@ -271,6 +271,113 @@ def run_pyarrow(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> N
         commit_staged(str(lake / table_name), staging[table_name], window, schema)
 
 
+GRAPH = "*daily_revenue"  # what `dagster asset materialize --select` takes: the daily graph with its landing
+
+
+def run_graph_in_memory(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
+    """`dagster asset materialize --select GRAPH --partition-range` on an ephemeral (in-memory)
+    instance: the CLI's own command function (internal), so the runs differ only in the instance."""
+    import click
+    import dagster as dg
+    from dagster._cli.asset import execute_materialize_command
+    from dagster_shared.cli import PythonPointerOpts
+
+    from pipeline_patterns.defs.assets.global_merge import holds_days
+
+    last = window.end - dt.timedelta(days=1)
+    with dg.DagsterInstance.ephemeral() as instance:
+        try:
+            execute_materialize_command(
+                instance=instance,
+                select=GRAPH,
+                partition=None,
+                partition_range=f"{window.start}...{last}",
+                config=(),
+                config_json=None,
+                python_pointer_opts=PythonPointerOpts(module_name="pipeline_patterns.definitions"),
+            )
+        except click.ClickException:  # the run failed: only by holding days, as a default-config range does
+            run_id = instance.get_runs(limit=1)[0].run_id
+            failures = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+            events = [r.event_log_entry.dagster_event for r in failures]
+            if not events or any(e is None or not holds_days(e) for e in events):
+                raise
+
+
+def instance_cost(days: int) -> dict:
+    """The same CLI range run of GRAPH with a fresh SQLite DAGSTER_HOME holding the project's
+    dagster.yaml, and on an in-memory instance: each twice, in the order A B B A (the machine may be
+    shared), each in a fresh process and data dir; the faster of each pair is reported."""
+    walls: dict[str, list[float]] = {"sqlite": [], "in_memory": []}
+    with tempfile.TemporaryDirectory(prefix="bench-instance-") as scratch:
+        for i, name in enumerate(("sqlite", "in_memory", "in_memory", "sqlite")):
+            walls[name].append(_range_run(name, days, pathlib.Path(scratch) / f"{i}-{name}"))
+            if i == 0:
+                stored = _check_records(pathlib.Path(scratch) / f"{i}-{name}" / "dagster_home")
+    sqlite, in_memory = min(walls["sqlite"]), min(walls["in_memory"])
+    return {
+        "instance_cost_days": days,
+        "sqlite_s": round(sqlite, 1),
+        "in_memory_s": round(in_memory, 1),
+        "sqlite_over_in_memory": round(sqlite / in_memory, 2),
+        "all_runs_s": " / ".join(f"{n} " + ", ".join(f"{w:.1f}" for w in ws) for n, ws in walls.items()),
+        **stored,
+    }
+
+
+def _range_run(name: str, days: int, base: pathlib.Path) -> float:
+    """Seconds of one range run of GRAPH over the first `days` days into `base`."""
+    root = REPORT.parent.parent
+    last = FIRST_DAY + dt.timedelta(days=days - 1)
+    data_dir, home = base / "data", base / "dagster_home"
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"PIPELINE_PATTERNS_DATA_DIR": str(data_dir)}
+    if name == "sqlite":
+        home.mkdir(parents=True)
+        (home / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+        env["DAGSTER_HOME"] = str(home)
+        command = [str(pathlib.Path(sys.executable).parent / "dagster"), "asset", "materialize"]
+        command += ["-m", "pipeline_patterns.definitions", "--select", GRAPH]
+        command += ["--partition-range", f"{FIRST_DAY}...{last}"]
+    else:  # the same command on an in-memory instance (GRAPH lands the feed itself)
+        command = [sys.executable, "-m", "pipeline_patterns.benchmark", "--run", "graph_in_memory"]
+        command += ["--days", str(days), "--landing", str(data_dir / "landing"), "--data-dir", str(data_dir)]
+    start = time.perf_counter()
+    run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    held = f"days of {FIRST_DAY}...{last}" in run.stdout + run.stderr  # a default-config range holds days
+    if run.returncode != 0 and not (name == "sqlite" and held):
+        raise RuntimeError(f"{name} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    return wall
+
+
+def _check_records(home: pathlib.Path) -> dict:
+    """What the SQLite instance stored of the checks: evaluation events, the records Dagster planned
+    (one per check and day of the range) and those never resolved, by check."""
+    import collections
+
+    import dagster as dg
+
+    from pipeline_patterns.definitions import defs
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        stored = instance.get_records_for_run(
+            run_id=instance.get_runs(limit=1)[0].run_id,
+            of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+            limit=1_000_000,
+        ).records
+        records = [
+            (key, r)
+            for key in defs().resolve_asset_graph().asset_check_keys
+            for r in instance.event_log_storage.get_asset_check_execution_history(key, limit=100_000)
+        ]
+    unresolved = collections.Counter(key.to_user_string() for key, r in records if r.status.value == "PLANNED")
+    return {
+        "check_evaluations_stored": len(stored),
+        "check_records_planned": len(records),
+        "left_unresolved": ", ".join(f"{k} ({n})" for k, n in sorted(unresolved.items())) or "none",
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Measured:
     variant: str
@@ -378,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--landing", help="a landing zone to reuse (else a temporary one)")
     parser.add_argument("--big-day", type=int, nargs="+", help="orders of one region-day to measure instead")
-    parser.add_argument("--run", choices=[*VARIANTS, "regional_day"], help=argparse.SUPPRESS)
+    parser.add_argument("--instance-cost", type=int, nargs="+", help="days of a CLI range: SQLite vs in-memory")
+    parser.add_argument("--run", choices=[*VARIANTS, "regional_day", "graph_in_memory"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
@@ -386,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
         window = DayWindow(FIRST_DAY, FIRST_DAY + dt.timedelta(days=args.days[0]))
         runners = {"project": run_project, "spark": run_spark, "pyarrow": run_pyarrow, "regional_day": run_regional_day}
+        runners["graph_in_memory"] = run_graph_in_memory
         runner = runners[args.run]
         runner(pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
         return 0
@@ -395,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record), flush=True)
         records.append(record)
 
+    if args.instance_cost:
+        for days in args.instance_cost:
+            emit(instance_cost(days))
+        write_report(records, sys.argv[1:] if argv is None else argv)
+        return 0
     if args.big_day:
         for rows in args.big_day:
             with tempfile.TemporaryDirectory(prefix="bench-big-day-") as scratch:

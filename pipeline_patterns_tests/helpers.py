@@ -18,7 +18,7 @@ import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
 from pipeline_patterns.definitions import assets_and_checks, defs
-from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.checks import QUALITY_GATES, QualityGates
 from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.partitions import REGIONS, region_key
 from pipeline_patterns.defs.resilience import Breaker, RetrySettings
@@ -161,6 +161,20 @@ def materialize(
         resources={**pipeline_resources(data_dir, **source_config), **(resources or {})},
         instance=instance,
         raise_on_error=raise_on_error,
+    )
+
+
+def gate_evaluation(
+    result: dg.ExecuteInProcessResult, region: str = "us-east", day: str | None = None
+) -> dg.AssetCheckEvaluation:
+    """A region's `quality_gates` verdict in a run: the run's own, or one day's of a range run.
+    Each rule's outcome is its metadata entry: `.metadata[rule].value["passed"]`."""
+    return next(
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == QUALITY_GATES
+        and e.asset_key.path == ["regional_orders", region_key(region)]
+        and e.partition == day
     )
 
 

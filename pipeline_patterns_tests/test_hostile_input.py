@@ -25,7 +25,7 @@ from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.orders import landed_rows
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
 from pipeline_patterns.lib.rules import RULES
-from pipeline_patterns_tests.helpers import materialize
+from pipeline_patterns_tests.helpers import gate_evaluation, materialize
 
 FIRST = dt.date(2024, 1, 1)
 HEADER = "order_id,user_id,region,amount,currency,event_ts,batch_id,delivered_at"
@@ -372,9 +372,10 @@ def test_no_raw_file_content_appears_in_any_event(battery):
 def test_every_landed_record_ends_in_exactly_one_place(battery, name):
     _, _, second, _, tables = battery
     case, day = CASES[name], DAYS[name]
-    evaluations = [e for e in second.get_asset_check_evaluations() if e.partition == day]
-    failed = {e.check_name for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR}
+    gate = gate_evaluation(second, day=day)
+    failed = {r.name for r in RULES if not gate.metadata[r.name].value["passed"] and r.severity == "ERROR"}
     assert failed == case.failed, name
+    assert (not gate.passed and gate.severity == dg.AssetCheckSeverity.ERROR) is bool(case.failed), name
     metadata = next(
         e.materialization.metadata
         for e in second.get_asset_materialization_events()
@@ -399,8 +400,8 @@ def test_every_landed_record_ends_in_exactly_one_place(battery, name):
     for order_id, amount in (case.amounts or {}).items():
         assert clean.filter(pc.equal(clean["order_id"], order_id))["amount"].to_pylist() == [amount], name
     if "files_readable" in case.failed:  # the refusal names the file and says what to do
-        refused = next(e for e in evaluations if e.check_name == "files_readable").metadata
-        assert refused["failing_rows"].value == 0
+        refused = gate.metadata["files_readable"].value
+        assert refused["failing_rows"] == 0 and "files_readable" in (gate.description or "")
         day_metadata = metadata["files_refused"].value
         remedies = ("re-materialize raw_orders/us_east for " + day, "have the source deliver")
         assert any(remedy in day_metadata for remedy in remedies), day_metadata

@@ -9,16 +9,23 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.assets.regional import quarantine_key, regional_key, regional_orders_assets, run_outcome
-from pipeline_patterns.defs.checks import QualityGates, accounting_result, day_evaluations, gate_results
+from pipeline_patterns.defs.checks import (
+    QUALITY_GATES,
+    QualityGates,
+    accounting_result,
+    day_evaluations,
+    gate_results,
+)
 from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import read_table
-from pipeline_patterns.lib.quarantine import judge
-from pipeline_patterns.lib.rules import RULES, DayJudge, GateSettings, evaluate_day
+from pipeline_patterns.lib.quarantine import RegionDay, judge
+from pipeline_patterns.lib.rules import RULES, DayJudge, GateSettings, RuleOutcome, evaluate_day
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_defects
 from pipeline_patterns_tests.helpers import (
     TEST_MIN_ORDERS,
     TEST_ORDERS_PER_DAY,
+    gate_evaluation,
     materialize,
 )
 
@@ -137,33 +144,39 @@ def test_known_bad_region_days_are_quarantined_and_hold_only_their_global_days(d
     assert all("user_id_not_null" in r for r in quarantined["reason"].to_pylist())
     assert set(quarantined["quarantined_by_run"].to_pylist()) == {result.run_id}
     evaluations = {
-        (e.asset_key.to_user_string(), e.check_name, e.partition): e.passed
+        (e.asset_key.to_user_string(), e.check_name, e.partition): e
         for e in result.get_asset_check_evaluations()
         if e.partition in five
     }
-    assert evaluations[("regional_orders/eu_west", "user_id_not_null", "2024-01-01")] is False
-    assert all(evaluations[("regional_orders/us_west", "user_id_not_null", d)] for d in five)
+    eu_west = evaluations[("regional_orders/eu_west", QUALITY_GATES, "2024-01-01")]
+    assert not eu_west.passed and eu_west.severity == dg.AssetCheckSeverity.ERROR
+    assert eu_west.metadata["user_id_not_null"].value["passed"] is False
+    assert eu_west.metadata["failed_checks"].value == "user_id_not_null"
+    assert all(
+        evaluations[("regional_orders/us_west", QUALITY_GATES, d)].metadata["user_id_not_null"].value["passed"]
+        for d in five
+    )
     # each day's verdict targets that day's materialization: the current verdict of the day, which
     # the check's partition bar in the UI shows (a verdict targeting none would not count)
-    eu_west = dg.AssetKey(["regional_orders", "eu_west"])
+    key = dg.AssetKey(["regional_orders", "eu_west"])
     materialized = {
         r.partition_key: r.storage_id
         for r in default_range.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=eu_west, asset_partitions=five), limit=5
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=five), limit=5
         ).records
     }
     targets = {
         e.partition: e.target_materialization_data.storage_id
         for e in result.get_asset_check_evaluations()
-        if e.asset_key == eu_west
-        and e.check_name == "user_id_not_null"
+        if e.asset_key == key
+        and e.check_name == QUALITY_GATES
         and e.partition in five
         and e.target_materialization_data
     }
     assert targets == materialized and len(targets) == 5
     for region in REGIONS:
         key = f"regional_orders/{region.replace('-', '_')}"
-        assert all(evaluations[(key, "rows_accounted", d)] for d in five)
+        assert all(evaluations[(key, "rows_accounted", d)].passed for d in five)
         clean = read_table(str(data_dir / "lake" / "regional_orders" / region.replace("-", "_")))
         clean_days = set(clean["day"].to_pylist())
         assert clean_days.isdisjoint({d for r, d in bad if r == region})  # the clean partition stays empty
@@ -182,9 +195,11 @@ def test_a_collapsed_volume_day_is_quarantined_with_its_bounds(spark, tmp_path):
         ],
         raise_on_error=False,
     )
-    volume = next(e for e in result.get_asset_check_evaluations() if e.check_name == "volume_within_bounds")
-    assert not volume.passed and volume.partition == "2024-02-09"  # the verdict is the day's own
-    assert volume.metadata["orders"].value == 8 and volume.metadata["min_orders_per_day"].value == TEST_MIN_ORDERS
+    gate = gate_evaluation(result, region="eu-west")
+    assert not gate.passed and gate.metadata["failed_checks"].value == "volume_within_bounds"
+    assert gate.partition == "2024-02-09"  # the verdict is the day's own
+    volume = gate.metadata["volume_within_bounds"].value
+    assert not volume["passed"] and volume["orders"] == 8 and volume["min_orders_per_day"] == TEST_MIN_ORDERS
     assert quarantine(tmp_path).num_rows == 8
 
 
@@ -221,9 +236,10 @@ def test_a_compressed_file_is_refused_unread_and_quarantines_its_region_day_nami
     )
     result = _materialize_small(tmp_path)
     assert result.success  # the quarantine is the designed branch
-    readable = next(e for e in result.get_asset_check_evaluations() if e.check_name == "files_readable")
-    assert not readable.passed
-    assert readable.metadata["refused_files"].value == (
+    gate = gate_evaluation(result)
+    readable = gate.metadata["files_readable"].value
+    assert not gate.passed and not readable["passed"]
+    assert readable["refused_files"] == (
         "b01.csv: gzip-compressed content, not CSV text, refused unread; have the source deliver it uncompressed"
     )
     rows = quarantine(tmp_path)
@@ -236,8 +252,8 @@ def test_a_compressed_file_is_refused_unread_and_quarantines_its_region_day_nami
 def test_a_region_day_of_empty_files_fails_the_volume_gate(spark, tmp_path):
     landing.land(tmp_path / "landing", "us-east", DAY, "empty", {"b00.csv": b"", "b01.csv": f"{HEADER}\n".encode()})
     result = _materialize_small(tmp_path)
-    volume = next(e for e in result.get_asset_check_evaluations() if e.check_name == "volume_within_bounds")
-    assert not volume.passed and volume.metadata["orders"].value == 0
+    volume = gate_evaluation(result).metadata["volume_within_bounds"].value
+    assert not volume["passed"] and volume["orders"] == 0
     assert read_table(str(tmp_path / "lake" / "regional_orders" / "us_east")).num_rows == 0
 
 
@@ -259,9 +275,9 @@ def test_schema_drift_in_a_landed_header_is_quarantined(spark, tmp_path):
         tmp_path / "landing", "us-east", DAY, "drift", {"b00.csv": f"{drifted}\n{GOOD.format(i=1)}\n".encode()}
     )
     result = _materialize_small(tmp_path)
-    schema = next(e for e in result.get_asset_check_evaluations() if e.check_name == "schema_matches")
-    assert schema.metadata["landed_header_drift"].value == "b00.csv: header: missing order_id; 1 unexpected"
-    assert not schema.passed
+    schema = gate_evaluation(result).metadata["schema_matches"].value
+    assert schema["landed_header_drift"] == "b00.csv: header: missing order_id; 1 unexpected"
+    assert not schema["passed"]
 
 
 def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(default_range):
@@ -288,16 +304,19 @@ def test_a_quarantined_region_day_reports_its_branch_and_rows_per_day(default_ra
     evaluations = [
         e
         for e in result.get_asset_check_evaluations()
-        if e.check_name == "user_id_not_null" and e.asset_key.path == ["regional_orders", "us_east"]
+        if e.check_name == QUALITY_GATES and e.asset_key.path == ["regional_orders", "us_east"]
     ]
     feed = FeedSettings(orders_per_day=TEST_ORDERS_PER_DAY)
     days = [(dt.date(2024, 1, 1) + dt.timedelta(i)) for i in range(10)]
     failing = [d.isoformat() for d in days if region_day_defects("us-east", d, feed).null_user_ids]
     assert "2024-01-05" in failing
     gate = next(e for e in evaluations if e.partition is None)  # the range's summary
-    assert not gate.passed and gate.metadata["failing_days"].value == ", ".join(failing)
-    verdicts = {e.partition: e.passed for e in evaluations if e.partition}  # and each day's own verdict
+    assert not gate.passed and gate.metadata["user_id_not_null"].value["failing_days"] == failing
+    assert all(f"{day} (user_id_not_null" in (gate.description or "") for day in failing)
+    # and each day's own verdict, with the rule's own outcome
+    verdicts = {e.partition: e.metadata["user_id_not_null"].value["passed"] for e in evaluations if e.partition}
     assert verdicts == {d.isoformat(): d.isoformat() not in failing for d in days}
+    assert all(not e.passed for e in evaluations if e.partition in failing)
 
 
 def staged(table: pa.Table, duplicates: list[int], superseded: list[int]) -> pa.Table:
@@ -352,14 +371,17 @@ def test_each_days_check_verdict_names_its_day_first_so_the_history_rows_differ(
             assert evaluation.partition == d.day and evaluation.metadata["day"].value == d.day
             assert evaluation.description and evaluation.description.startswith(f"{d.day}: ")
     by_check = {e.check_name: e.description for e in day_evaluations(key, bad)}
-    assert by_check["user_id_not_null"] == f"{bad_day}: failed on 1 row; the region-day is quarantined"
+    # its events are of the day before: stale for its own day, a warning (a check of its own) that
+    # does not quarantine
+    assert by_check[QUALITY_GATES] == f"{bad_day}: user_id_not_null failed on 1 row; the region-day is quarantined"
+    assert by_check["event_time_fresh"] == f"{bad_day}: event_time_fresh failed; the region-day is quarantined"
     assert by_check["rows_accounted"] == f"{bad_day}: every landed row accounted for"
-    # the run's own result over the days says which days it covers
-    summary = {r.check_name: r for r in gate_results({good.day: good.outcomes, bad.day: bad.outcomes})}
-    assert summary["user_id_not_null"].description == (
-        f"{good.day}...{bad_day} (2 days; each day also has its own row): failed on {bad_day}"
-    )
-    assert gate_results({good.day: good.outcomes})[0].description.startswith(f"{good.day}: ")
+    # the run's own results over the days say which days they cover
+    gate, fresh = gate_results([good, bad])
+    label = f"{good.day}...{bad_day} (2 days; each day also has its own row)"
+    assert gate.description == f"{label}: failed on {bad_day} (user_id_not_null)"
+    assert fresh.description == f"{label}: failed on {bad_day} (event_time_fresh)"
+    assert gate_results([good])[0].description == f"{good.day}: every rule passed; the region-day is processed"
     assert accounting_result([good]).description == f"{good.day}: every landed row accounted for"
 
 
@@ -425,3 +447,42 @@ def test_orders_whose_event_day_precedes_the_first_partition_are_counted_and_rep
     )
     on_time = judge(first, [staged(orders(), [0, 0, 0], [0, 0, 0])], landed=landed_records(3), settings=SETTINGS)
     assert on_time.before_first_day == 0 and before_first_day_note([on_time], first) is None
+
+
+def test_a_days_gate_verdict_carries_every_rules_outcome_and_its_severity():
+    """One gate evaluation per region-day of a range for all the rules that quarantine (each rule's
+    outcome an entry of its metadata, the failed rules named after the day), failed exactly when the
+    day is quarantined; the warning rule is its own WARN check."""
+
+    def region_day(*failed: str) -> RegionDay:
+        outcomes = [
+            RuleOutcome(r.name, r.name not in failed, 2 if r.name in failed else 0, ["o1"] * (r.name in failed), {})
+            for r in RULES
+        ]
+        return RegionDay(DAY.isoformat(), rows=3, outcomes=outcomes, landed=3, duplicates=0, superseded=0)
+
+    key = regional_key("us-east")
+    for failed, gate_passed, branch in [
+        ((), True, "processed"),
+        (("event_time_fresh",), True, "processed"),
+        (("user_id_not_null", "event_time_fresh"), False, "quarantined"),
+    ]:
+        d = region_day(*failed)
+        assert d.branch == branch  # lib/quarantine.py decides the branch; the verdict reports it
+        gate, fresh, accounted = day_evaluations(key, d)
+        names = (gate.check_name, fresh.check_name, accounted.check_name)
+        assert names == (QUALITY_GATES, "event_time_fresh", "rows_accounted")
+        assert accounted.passed and accounted.blocking and not gate.blocking and not fresh.blocking
+        # the gate fails exactly when the region-day is quarantined; the warning rule on its own
+        assert (gate.passed, gate.severity, gate.partition) == (gate_passed, dg.AssetCheckSeverity.ERROR, d.day)
+        assert (fresh.passed, fresh.severity) == ("event_time_fresh" not in failed, dg.AssetCheckSeverity.WARN)
+        for rule in RULES:
+            entry = (gate if rule.blocking else fresh).metadata[rule.name].value
+            assert entry["passed"] is (rule.name not in failed) and entry["severity"] == rule.severity
+            assert entry["failing_rows"] == (2 if rule.name in failed else 0)
+        assert gate.metadata["failed_checks"].value == (", ".join(d.failed_checks) or "none")
+    assert gate.description == f"{DAY}: user_id_not_null failed on 2 rows; the region-day is quarantined"
+    assert fresh.description == f"{DAY}: event_time_fresh failed on 2 rows; the region-day is quarantined"
+    assert day_evaluations(key, region_day("event_time_fresh"))[1].description == (
+        f"{DAY}: event_time_fresh failed on 2 rows; the region-day is processed"
+    )

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.checks import QUALITY_GATES, QualityGates
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.day_window import DayWindow
@@ -149,24 +149,28 @@ def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(s
 
 
 def test_every_check_has_a_verdict_for_every_day_of_the_range(backfill):
+    """Dagster plans each check for each day of the range: every planned day gets its verdict (none
+    left in progress or "execution failed"), each day's gate verdict carries each rule's outcome."""
     _, instance, result = backfill
     for region in REGIONS:
         key = dg.AssetKey(["regional_orders", region_key(region)])
-        for check in ("user_id_not_null", "rows_accounted", "volume_within_bounds"):
+        bad_days = {d for r, d in BAD if r == region}
+        for check in (QUALITY_GATES, "rows_accounted"):
             records = instance.event_log_storage.get_asset_check_execution_history(
                 dg.AssetCheckKey(key, check), limit=50
             )
-            by_day = {r.partition: r.status.value for r in records if r.run_id == result.run_id and r.partition}
-            for r in records:  # the history lists descriptions, not partitions: each names its day first
-                if r.run_id == result.run_id and r.partition:
-                    evaluation = r.event.asset_check_evaluation if r.event else None
-                    assert evaluation and (evaluation.description or "").startswith(f"{r.partition}: ")
-            bad_days = {d for r, d in BAD if r == region}
-            expected = {
-                d: "FAILED" if check != "rows_accounted" and d in bad_days and _fails(check, region, d) else "SUCCEEDED"
-                for d in DAYS
-            }
+            days = {r.partition: r for r in records if r.run_id == result.run_id and r.partition}
+            by_day = {day: r.status.value for day, r in days.items()}
+            expected = {d: "FAILED" if check == QUALITY_GATES and d in bad_days else "SUCCEEDED" for d in DAYS}
             assert by_day == expected, (region, check)
+            for day, r in days.items():  # the history lists descriptions, not partitions: each names its day first
+                evaluation = r.event.asset_check_evaluation if r.event else None
+                assert evaluation and (evaluation.description or "").startswith(f"{day}: ")
+                if check == QUALITY_GATES:
+                    for rule in ("user_id_not_null", "volume_within_bounds"):
+                        outcome = evaluation.metadata[rule].value
+                        assert outcome["passed"] is not _fails(rule, region, day), (region, day, rule)
+                        assert (rule in (evaluation.description or "")) is _fails(rule, region, day)
 
 
 def _fails(check: str, region: str, day: str) -> bool:

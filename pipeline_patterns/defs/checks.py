@@ -1,5 +1,6 @@
-"""The quality gates as Dagster asset checks: the `quality_gates` resource, one check per rule of
-lib/rules.py on every region, and the one blocking check, `rows_accounted`. See docs/quality_gates.md."""
+"""The quality gates as Dagster asset checks on every region, partitioned by day: `quality_gates`
+(every rule of lib/rules.py that quarantines, in one verdict per day), one check per warning rule,
+and the one blocking check, `rows_accounted`; the `quality_gates` resource. See docs/quality_gates.md."""
 
 import dagster as dg
 
@@ -12,9 +13,10 @@ from pydantic import Field
 
 from pipeline_patterns.defs.partitions import daily_partitions
 from pipeline_patterns.lib.quarantine import RegionDay
-from pipeline_patterns.lib.rules import RULES, GateSettings, RuleOutcome
+from pipeline_patterns.lib.rules import RULES, DayRule, GateSettings, RowRule
 from pipeline_patterns.lib.simulated_feed import BASE_USD_RATES
 
+QUALITY_GATES = "quality_gates"
 ROWS_ACCOUNTED = "rows_accounted"
 _DEFAULTS = GateSettings(known_currencies=())
 
@@ -69,18 +71,32 @@ class QualityGates(dg.ConfigurableResource):
         return GateSettings(**fields, known_currencies=tuple(sorted(self.known_currencies)), region=region)
 
 
+QUARANTINING = [rule for rule in RULES if rule.blocking]  # a failure quarantines the region-day
+WARNINGS = [rule for rule in RULES if not rule.blocking]
+
+
 def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    rules = "\n".join(f"- {rule.name}: {rule.description}" for rule in QUARANTINING)
     specs = [
         dg.AssetCheckSpec(
-            rule.name,
+            QUALITY_GATES,
             asset=asset_key,
             partitions_def=daily_partitions,
-            description=f"[{rule.severity}] {rule.description}"
-            + (" A failing region-day is quarantined." if rule.blocking else ""),
-        )
-        for rule in RULES
-    ]
-    specs.append(
+            description=(
+                "Every rule that quarantines, on each region-day, one verdict per day: failed exactly when the "
+                "region-day is quarantined. The description names the failed rules; the metadata has every "
+                "rule's outcome.\n\n" + rules
+            ),
+        ),
+        *(
+            dg.AssetCheckSpec(
+                rule.name,
+                asset=asset_key,
+                partitions_def=daily_partitions,
+                description=f"[WARN] {rule.description} A warning: the region-day is still processed.",
+            )
+            for rule in WARNINGS
+        ),
         dg.AssetCheckSpec(
             ROWS_ACCOUNTED,
             asset=asset_key,
@@ -90,8 +106,8 @@ def gate_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
                 "versions of a kept order) + quarantined, every day."
             ),
             blocking=True,
-        )
-    )
+        ),
+    ]
     return specs
 
 
@@ -103,33 +119,66 @@ def days_label(days: list[str]) -> str:
     return f"{days[0]}...{days[-1]} ({len(days)} days; each day also has its own row)"
 
 
-def gate_results(outcomes_by_day: dict[str, list[RuleOutcome]]) -> list[dg.AssetCheckResult]:
-    """One result per rule over the run's days: passed when every day passed; a failure names
-    its days and sample rows."""
-    label = days_label(list(outcomes_by_day))
-    results = []
-    for rule in RULES:
-        day_outcomes = {
-            day: next(o for o in outcomes if o.rule == rule.name) for day, outcomes in outcomes_by_day.items()
-        }
-        failed = {day: o for day, o in day_outcomes.items() if not o.passed}
-        shown = next(iter(failed.values()), None) or next(iter(day_outcomes.values()))
-        metadata = {
-            "failing_days": ", ".join(failed) or "none",
-            "failing_rows": sum(o.failing_rows for o in failed.values()),
-            "sample_keys": ", ".join(shown.sample_keys) or "none",
-            **{k: v if isinstance(v, int | float) else str(v) for k, v in shown.details.items()},
-        }
-        results.append(
-            dg.AssetCheckResult(
-                check_name=rule.name,
-                passed=not failed,
-                severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
-                metadata={"days": label, **metadata},
-                description=f"{label}: " + (f"failed on {', '.join(failed)}" if failed else "passed"),
-            )
-        )
-    return results
+def gate_results(region_days: list[RegionDay]) -> list[dg.AssetCheckResult]:
+    """The gate's verdicts over the run's days (for one day, that day's own): `quality_gates`,
+    then each warning rule's."""
+    return [
+        dg.AssetCheckResult(check_name=name, **verdict)
+        for name, verdict in zip(_check_names(), _verdicts(region_days), strict=True)
+    ]
+
+
+def _check_names() -> list[str]:
+    return [QUALITY_GATES, *(rule.name for rule in WARNINGS)]
+
+
+def _verdicts(region_days: list[RegionDay]) -> list[dict]:
+    return [_gate_verdict(region_days, QUARANTINING), *(_gate_verdict(region_days, [rule]) for rule in WARNINGS)]
+
+
+def _gate_verdict(region_days: list[RegionDay], rules: list) -> dict:
+    """Passed, severity, description and metadata of `rules` over some days: each rule's outcome
+    in the metadata, the failed rules in the description after the day(s)."""
+    names = {rule.name for rule in rules}
+    days = [d.day for d in region_days]
+    failed = {d.day: [o for o in d.outcomes if not o.passed and o.rule in names] for d in region_days}
+    warning = not any(rule.blocking for rule in rules)
+    if len(region_days) == 1:
+        d = region_days[0]
+        told = [f"{o.rule} failed{_rows(o.failing_rows)}" for o in failed[d.day]]
+        passed = "every rule passed" if len(rules) > 1 else "passed"
+        description = f"{d.day}: " + (", ".join(told) or passed) + f"; the region-day is {d.branch}"
+    else:
+        told = [f"{day} ({', '.join(o.rule for o in f)})" for day, f in failed.items() if f]
+        description = f"{days_label(days)}: " + (f"failed on {', '.join(told)}" if told else "passed every day")
+    return {
+        "passed": not any(failed.values()),
+        "severity": dg.AssetCheckSeverity.WARN if warning else dg.AssetCheckSeverity.ERROR,
+        "description": description,
+        "metadata": {
+            ("day" if len(days) == 1 else "days"): days_label(days),
+            **(
+                {}
+                if warning
+                else {"failed_checks": ", ".join(sorted({o.rule for f in failed.values() for o in f})) or "none"}
+            ),
+            "failing_days": ", ".join(day for day, f in failed.items() if f) or "none",
+            **{rule.name: dg.MetadataValue.json(_rule_entry(rule, region_days)) for rule in rules},
+        },
+    }
+
+
+def _rule_entry(rule: RowRule | DayRule, region_days: list[RegionDay]) -> dict:
+    """One rule's outcome over the days: passed or not, the failing rows and sample ids, its
+    parameters and findings (of the first failing day)."""
+    outcomes = {d.day: next(o for o in d.outcomes if o.rule == rule.name) for d in region_days}
+    failed = {day: o for day, o in outcomes.items() if not o.passed}
+    shown = next(iter(failed.values()), None) or next(iter(outcomes.values()))
+    entry: dict = {"passed": not failed, "severity": rule.severity}
+    if len(outcomes) > 1:
+        entry["failing_days"] = list(failed)
+    entry |= {"failing_rows": sum(o.failing_rows for o in failed.values()), "sample_keys": shown.sample_keys}
+    return entry | {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in shown.details.items()}
 
 
 def accounting_result(region_days: list[RegionDay]) -> dg.AssetCheckResult:
@@ -172,27 +221,14 @@ def day_evaluations(
 ) -> list[dg.AssetCheckEvaluation]:
     """Every check's verdict on ONE day of a range run, under its day and targeting the day's
     materialization `target` (an `AssetCheckResult` carries no partition in 1.13)."""
-    blocking = {rule.name: rule.blocking for rule in RULES}
     day = region_day.day
-    evaluations = [
-        dg.AssetCheckEvaluation(
-            asset_key=asset_key,
-            check_name=outcome.rule,
-            passed=outcome.passed,
-            severity=dg.AssetCheckSeverity.ERROR if blocking[outcome.rule] else dg.AssetCheckSeverity.WARN,
-            description=f"{day}: "
-            + ("passed" if outcome.passed else _failed_on(outcome.failing_rows, region_day.branch)),
-            metadata={
-                "day": day,
-                "failing_rows": outcome.failing_rows,
-                "sample_keys": ", ".join(outcome.sample_keys) or "none",
-            },
-            partition=day,
-            target_materialization_data=target,
-        )
-        for outcome in region_day.outcomes
-    ]
-    evaluations.append(
+    return [
+        *(
+            dg.AssetCheckEvaluation(
+                asset_key=asset_key, check_name=name, partition=day, target_materialization_data=target, **verdict
+            )
+            for name, verdict in zip(_check_names(), _verdicts([region_day]), strict=True)
+        ),
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=ROWS_ACCOUNTED,
@@ -210,14 +246,12 @@ def day_evaluations(
                 "superseded_dropped": region_day.superseded,
                 "rows_quarantined": region_day.quarantined_rows,
             },
-            partition=region_day.day,
+            partition=day,
             target_materialization_data=target,
-        )
-    )
-    return evaluations
+        ),
+    ]
 
 
-def _failed_on(failing_rows: int, branch: str) -> str:
+def _rows(failing_rows: int) -> str:
     # a day rule (volume, freshness) counts no rows
-    rows = f" on {failing_rows} row{'' if failing_rows == 1 else 's'}" if failing_rows else ""
-    return f"failed{rows}; the region-day is {branch}"
+    return f" on {failing_rows} row{'' if failing_rows == 1 else 's'}" if failing_rows else ""

@@ -127,7 +127,7 @@ def regional_orders_asset(region: str) -> dg.AssetsDefinition:
             except landing_files.LandingChangedError as error:
                 raise dg.Failure(description=f"{clean_key.to_user_string()}: {error}", allow_retries=False) from None
             region_days = with_left_days(spark.spark_session, lake, clean_key, staged, region_days, window, lateness)
-            checks = [*gate_results({d.day: d.outcomes for d in region_days}), accounting_result(region_days)]
+            checks = [*gate_results(region_days), accounting_result(region_days)]
             lost = [d for d in region_days if not d.accounted]
             if lost:
                 log_day_evaluations(context, clean_key, region_days, {})  # nothing materialized to target
