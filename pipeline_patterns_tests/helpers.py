@@ -169,13 +169,14 @@ def gate_evaluation(
 ) -> dg.AssetCheckEvaluation:
     """A region's `quality_gates` verdict in a run: the run's own, or one day's of a range run.
     Each rule's outcome is its metadata entry: `.metadata[rule].value["passed"]`."""
-    return next(
+    gates = [
         e
         for e in result.get_asset_check_evaluations()
-        if e.check_name == QUALITY_GATES
-        and e.asset_key.path == ["regional_orders", region_key(region)]
-        and e.partition == day
-    )
+        if e.check_name == QUALITY_GATES and e.asset_key.path == ["regional_orders", region_key(region)]
+    ]
+    if day is None and len(gates) == 1:  # a one-day run: its result is the day's own
+        return gates[0]
+    return next(e for e in gates if e.partition == day)
 
 
 def run_late_data_requests(data_dir: pathlib.Path, instance: dg.DagsterInstance, requests: list[dg.RunRequest]) -> None:
