@@ -105,8 +105,11 @@ class SparkResource(PySparkResource):
                     ) from e
                 return super().can_retry(e)
 
-        session = spark_session_from_config({**self.spark_config, "spark.remote": lease.state.url})
+        # the policy first, so that no call (not even the session's settings) waits on a dead server
+        session = spark_session_from_config({"spark.remote": lease.state.url})
         session.client.set_retry_policies([WhileServerLives()])
+        for key, value in self.spark_config.items():
+            session.conf.set(key, value)
         self._spark_session = session
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

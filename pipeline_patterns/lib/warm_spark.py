@@ -1,10 +1,6 @@
-"""The warm local Spark Connect server (pattern: swappable infrastructure): one JVM shared by the
-runs of a `dagster dev`, started by the first run that needs it and stopped when idle or when
-`dagster dev` stops, however it stops. Linux only (/proc, PR_SET_PDEATHSIG). docs/configuration.md.
-
-Run as a program (`python -m pipeline_patterns.lib.warm_spark`), this module is the watchdog: it
-owns the JVM (its child, killed by the kernel if the watchdog dies) and stops it when the watched
-process (`dagster dev`) is gone or no run has held the server for the idle timeout."""
+"""The warm local Spark Connect server shared by the runs of a `dagster dev` (pattern: swappable
+infrastructure); as a program (`python -m pipeline_patterns.lib.warm_spark`) the watchdog that owns
+its JVM and stops it when idle or when `dagster dev` is gone. Linux only. docs/configuration.md."""
 
 import argparse
 import contextlib
