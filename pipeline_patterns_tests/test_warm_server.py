@@ -5,6 +5,7 @@ and leave no JVM or watchdog behind once `dagster dev` stops, by SIGTERM or by S
 Each `dagster dev` is started here on 127.0.0.1 with an instance and data dir of its own, and
 stopped after (exactly its process group); the server is started by the code location itself."""
 
+import concurrent.futures
 import contextlib
 import os
 import pathlib
@@ -138,6 +139,38 @@ def test_sigkill_of_dagster_dev_leaves_no_server(tmp_path):
         dev.kill()  # dagster dev alone, not its process group: nothing of it can clean up
         dev.wait()
         assert left_after(state_dir) == {}, "a JVM or watchdog outlived dagster dev"
+
+
+# A stand-in for the JVM: listens on the port it is given, for the lock, idle and watchdog tests.
+STAND_IN = "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(600)"
+
+
+def stand_in(port: int) -> list[str]:
+    return [sys.executable, "-c", STAND_IN, str(port)]
+
+
+def test_concurrent_first_runs_start_one_server_which_stops_once_no_run_has_held_it_for_the_idle_timeout(tmp_path):
+    state_dir = tmp_path / "spark_server"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        leases = list(
+            pool.map(lambda _: warm_spark.acquire(state_dir, stand_in, watch=None, env={}, idle_timeout_s=1), range(4))
+        )
+    assert len({lease.state for lease in leases}) == 1
+    assert (state_dir / "server.log").read_text().count("started the Spark Connect server") == 1
+    time.sleep(3)
+    assert warm_spark.alive(leases[0].state.jvm), "held by a run: never idle"
+    for lease in leases:
+        lease.release()
+    assert left_after(state_dir) == {}
+    assert "no run used it for 1 s" in (state_dir / "server.log").read_text()
+
+
+def test_the_server_dies_with_its_watchdog_however_the_watchdog_dies(tmp_path):
+    state_dir = tmp_path / "spark_server"
+    lease = warm_spark.acquire(state_dir, stand_in, watch=None, env={})
+    os.kill(lease.state.watchdog.pid, signal.SIGKILL)  # no clean-up can run: the kernel's PR_SET_PDEATHSIG
+    assert left_after(state_dir) == {}
+    lease.release()
 
 
 def wait_steps(url: str, run_id: str) -> list[dict]:

@@ -88,7 +88,7 @@ class SparkResource(PySparkResource):
             Path(self.warm_server_dir),
             lambda port: warm_spark.server_command(spark_home, port, server_settings),
             watch=warm_spark.dev_cli_process(),
-            env={**os.environ, "SPARK_HOME": str(spark_home)},
+            env={"SPARK_HOME": str(spark_home)},
         )
         self._lease = lease
 

@@ -175,8 +175,8 @@ def acquire(
     env: Mapping[str, str],
     idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> Lease:
-    """The running server of `state_dir`, or a new one (`command(port)`, owned by a new watchdog);
-    one starter at a time (a file lock), so concurrent first runs start one server."""
+    """The running server of `state_dir`, or a new one (`command(port)` with `env` added, owned by a
+    new watchdog); one starter at a time (a file lock), so concurrent first runs start one server."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with locked(state_dir / START_LOCK):
         state = read_state(state_dir)
@@ -206,7 +206,7 @@ def start(
     with log.open("a") as out:
         watchdog = subprocess.Popen(
             [*args, "--", *command(port)],
-            env={**env, MARKER_VAR: str(state_dir)},
+            env={**os.environ, **env, MARKER_VAR: str(state_dir)},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
