@@ -443,6 +443,139 @@ def measure(variant: str, landing_root: pathlib.Path, days: int, orders_per_day:
     return Measured(variant, days, days * 4 * orders_per_day, round(wall, 1), round(peak / 2**30, 2))
 
 
+# --- One click in the UI under `dagster dev` (--ui-click): the warm Spark Connect server's case ---
+UI_CLICK_DAY = "2024-01-02"
+LOCATION = "pipeline_patterns"
+REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+LAUNCH_RUN = """
+mutation ($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+RUN = """
+query ($id: ID!) {
+  runOrError(runId: $id) {
+    ... on Run { status startTime endTime stepStats { stepKey startTime endTime } }
+  }
+}"""
+RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def graphql(url: str, query: str, **variables: object) -> dict:
+    """One GraphQL request to the webserver, as the UI sends it; errors raise."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, json.dumps({"query": query, "variables": variables}).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"GraphQL {error.code}: {error.read().decode(errors='replace')[:3000]}") from error
+    if body.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+def repository(url: str) -> dict:
+    """The code location's repository selector, once the webserver has loaded it."""
+    deadline = time.time() + 180
+    while True:
+        nodes = graphql(url, REPOSITORIES)["repositoriesOrError"].get("nodes", [])
+        names = [n["name"] for n in nodes if n["location"]["name"] == LOCATION]
+        if names:
+            return {"repositoryLocationName": LOCATION, "repositoryName": names[0]}
+        if time.time() > deadline:
+            raise TimeoutError(f"code location {LOCATION} not loaded in 180 s")
+        time.sleep(1)
+
+
+def launch_day(url: str, day: str, job: str = "daily_orders") -> str:
+    """What the UI's Materialize of one partition of `job` sends; returns the run id."""
+    selector = {**repository(url), "jobName": job}
+    params = {"selector": selector, "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]}}
+    result = graphql(url, LAUNCH_RUN, params=params)["launchRun"]
+    if result["__typename"] != "LaunchRunSuccess":
+        raise RuntimeError(f"launching {job} {day}: {result}")
+    return result["run"]["runId"]
+
+
+def wait_for_run(url: str, run_id: str, timeout: float = 900) -> dict:
+    """The run once it has ended: status, start and end times, its steps' times."""
+    deadline = time.time() + timeout
+    while (run := graphql(url, RUN, id=run_id)["runOrError"])["status"] not in RUN_DONE:
+        if time.time() > deadline:
+            raise TimeoutError(f"run {run_id} still {run['status']} after {timeout} s")
+        time.sleep(0.2)
+    return run
+
+
+def ui_click(url: str, day: str) -> dict:
+    """Seconds from the launch request to the run's success, and where they went."""
+    clicked = time.time()
+    run = wait_for_run(url, launch_day(url, day))
+    if run["status"] != "SUCCESS":
+        raise RuntimeError(f"the run of {day} ended {run['status']}")
+    steps = sorted((s for s in run["stepStats"] if s["startTime"] and s["endTime"]), key=lambda s: s["startTime"])
+    by_asset: dict[str, float] = {}  # raw_orders, regional_orders (four steps each), the fan-in step
+    for step in steps:
+        key = step["stepKey"].split("__")[0]
+        by_asset[key] = by_asset.get(key, 0.0) + step["endTime"] - step["startTime"]
+    return {
+        "click_to_data_s": round(run["endTime"] - clicked, 1),
+        "to_run_start_s": round(run["startTime"] - clicked, 1),  # queue, run worker, definitions
+        "to_first_step_s": round(steps[0]["startTime"] - run["startTime"], 1),
+        **{f"{key}_s": round(seconds, 1) for key, seconds in by_asset.items()},
+    }
+
+
+def measure_ui_clicks(orders_per_day: int, day: str = UI_CLICK_DAY) -> list[dict]:
+    """`dagster dev` on a temporary instance (the project's dagster.yaml) and data dir; one day of
+    the daily graph (landing included) launched twice through GraphQL: cold server, then warm."""
+    import shutil
+    import signal
+    import socket
+    import urllib.request
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="bench-ui-click-") as scratch:
+        home, data_dir = pathlib.Path(scratch, "home"), pathlib.Path(scratch, "data")
+        home.mkdir()
+        shutil.copy(root / "dagster.yaml", home / "dagster.yaml")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**os.environ, "DAGSTER_HOME": str(home), "PIPELINE_PATTERNS_DATA_DIR": str(data_dir)}
+        env["PIPELINE_PATTERNS_FEED_VOLUME"] = str(orders_per_day)
+        dagster = pathlib.Path(sys.executable).parent / "dagster"
+        command = [str(dagster), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+        with (home / "dagster_dev.log").open("w") as log:
+            server = subprocess.Popen(
+                command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            deadline = time.time() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.time() > deadline:
+                        raise RuntimeError((home / "dagster_dev.log").read_text()[-3000:]) from None
+                    time.sleep(1)
+            url = f"http://127.0.0.1:{port}/graphql"
+            return [{"click": click, "day": day, **ui_click(url, day)} for click in ("cold server", "warm server")]
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=120)
+
+
 def write_report(records: list[dict], argv: list[str], path: pathlib.Path = REPORT) -> pathlib.Path:
     """Overwrite `path` with what the benchmark printed, one Markdown table per kind of record,
     headed with the UTC date, the commit, the command line and the machine's core count."""
@@ -480,15 +613,18 @@ def write_report(records: list[dict], argv: list[str], path: pathlib.Path = REPO
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, nargs="+", default=[30, 90])
+    parser.add_argument("--days", type=int, nargs="+", help="days of each variant's range (default 30 90 alone)")
     parser.add_argument("--orders-per-day", type=int, default=5000, help="per region")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--landing", help="a landing zone to reuse (else a temporary one)")
     parser.add_argument("--big-day", type=int, nargs="+", help="orders of one region-day to measure instead")
     parser.add_argument("--instance-cost", type=int, nargs="+", help="days of a CLI range: SQLite vs in-memory")
+    parser.add_argument("--ui-click", action="store_true", help="one day twice through dagster dev: cold, warm")
     parser.add_argument("--run", choices=[*VARIANTS, "regional_day", "graph_in_memory"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.days is None:  # the modes below combine into one report; the variants alone by default
+        args.days = [] if (args.instance_cost or args.ui_click or args.big_day) else [30, 90]
     if args.run:
         from pipeline_patterns.lib.day_window import DayWindow
 
@@ -507,20 +643,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.instance_cost:
         for days in args.instance_cost:
             emit(instance_cost(days))
-        write_report(records, sys.argv[1:] if argv is None else argv)
-        return 0
-    if args.big_day:
-        for rows in args.big_day:
-            with tempfile.TemporaryDirectory(prefix="bench-big-day-") as scratch:
-                land_big_day(pathlib.Path(scratch), rows)
-                result = measure("regional_day", pathlib.Path(scratch), 1, rows // 4)
-                emit({"region_day_rows": rows, "wall_s": result.wall_s, "peak_pss_gib": result.peak_pss_gib})
-        write_report(records, sys.argv[1:] if argv is None else argv)
-        return 0
+    if args.ui_click:
+        for record in measure_ui_clicks(args.orders_per_day):
+            emit(record)
+    for rows in args.big_day or []:
+        with tempfile.TemporaryDirectory(prefix="bench-big-day-") as scratch:
+            land_big_day(pathlib.Path(scratch), rows)
+            result = measure("regional_day", pathlib.Path(scratch), 1, rows // 4)
+            emit({"region_day_rows": rows, "wall_s": result.wall_s, "peak_pss_gib": result.peak_pss_gib})
     with tempfile.TemporaryDirectory(prefix="bench-landing-") as scratch:
         landing_root = pathlib.Path(args.landing or scratch)
-        seconds = land_feed(landing_root, max(args.days), args.orders_per_day)
-        emit({"landed_days": max(args.days), "landing_s": round(seconds, 1)})
+        if args.days:
+            seconds = land_feed(landing_root, max(args.days), args.orders_per_day)
+            emit({"landed_days": max(args.days), "landing_s": round(seconds, 1)})
         for days in sorted(args.days):
             results = {v: measure(v, landing_root, days, args.orders_per_day) for v in args.variants}
             for result in results.values():

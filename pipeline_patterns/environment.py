@@ -1,7 +1,9 @@
 """The only module that reads the environment: where data lives, where Spark runs, where alerts go.
 See docs/configuration.md."""
 
+import itertools
 import os
+import shlex
 from pathlib import Path
 
 DATA_DIR_VAR = "PIPELINE_PATTERNS_DATA_DIR"
@@ -13,6 +15,9 @@ BREAKER_STORE_VAR = "PIPELINE_PATTERNS_BREAKER_STORE"
 ALERT_WEBHOOK_VAR = "PIPELINE_PATTERNS_ALERT_WEBHOOK_URL"
 SLACK_TOKEN_VAR = "SLACK_BOT_TOKEN"
 OBJECT_STORE_VAR = "PIPELINE_PATTERNS_OBJECT_STORE"
+DEV_CLI_VAR = "DAGSTER_IS_DEV_CLI"  # set by `dagster dev`, inherited by its code server and run workers
+# the master that means: the warm local Spark Connect server (lib/warm_spark.py)
+WARM_MASTER = "warm"
 
 
 def data_dir() -> Path:
@@ -43,9 +48,18 @@ def s3_settings() -> dict[str, str]:
 
 
 def spark_master() -> str:
-    """Where Spark runs: $PIPELINE_PATTERNS_SPARK_MASTER, default local[*] (a JVM in the run's
-    process); `sc://host:port` a Spark Connect server; `spark://host:port` a standalone cluster."""
-    return os.environ.get(SPARK_MASTER_VAR) or "local[*]"
+    """Where Spark runs: $PIPELINE_PATTERNS_SPARK_MASTER: `local[*]` (a JVM in the run's process, the
+    default), `warm` (a local Spark Connect server shared by runs, the default under `dagster dev`),
+    `sc://host:port` a Spark Connect server, `spark://host:port` a standalone cluster."""
+    return os.environ.get(SPARK_MASTER_VAR) or (WARM_MASTER if os.environ.get(DEV_CLI_VAR) else "local[*]")
+
+
+def spark_submit_confs() -> dict[str, str]:
+    """The `--conf key=value` settings of $PYSPARK_SUBMIT_ARGS (what an embedded session's JVM
+    starts with), for the warm server's JVM too."""
+    words = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    pairs = [b.partition("=") for a, b in itertools.pairwise(words) if a == "--conf"]
+    return {key: value for key, _, value in pairs}
 
 
 def breaker_store(data: Path) -> str:
