@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.automation import aggregates_follow_days, monthly_revenue_job
-from pipeline_patterns.defs.partitions import REGIONS
+from pipeline_patterns.defs.partitions import REGIONS, monthly_partitions
 from pipeline_patterns.lib import aggregates
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, region_day_defects
@@ -309,7 +309,7 @@ def test_a_published_month_that_loses_a_day_is_recomputed_and_fails_naming_it(ja
     result = materialize(data_dir, instance, partition="2024-01-01", selection=[MONTHLY], raise_on_error=False)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "1 of 31 days lack daily_revenue (2024-01-20)" in str(failure.event_specific_data.error)
-    status = instance.get_status_by_partition(MONTHLY, ["2024-01-01"], monthly_revenue_job.partitions_def)
+    status = instance.get_status_by_partition(MONTHLY, ["2024-01-01"], monthly_partitions)
     assert status == {"2024-01-01": dg.AssetPartitionStatus.FAILED}
     assert ("monthly_revenue_job", "2024-01-01") not in sensor.tick()  # no loop
     for note in ("promote", "rollback"):  # other days switched: the month still lacks the same day
