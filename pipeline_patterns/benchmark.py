@@ -1,10 +1,11 @@
-"""The benchmark: N days x 4 regions from the landing zone to daily_revenue, three ways (project, PySpark, pyarrow).
+"""The benchmark: N days x 4 regions from the landing zone to daily_revenue, three ways (project, idiomatic PySpark, pyarrow).
 
 Writes docs/benchmarks.md; what each variant measures: docs/backfills.md (Benchmark)."""
 
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import json
 import multiprocessing
 import os
@@ -15,9 +16,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 FIRST_DAY = dt.date(2024, 1, 1)
-VARIANTS = ("pyarrow", "spark", "project")
+VARIANTS = ("pyarrow", "idiomatic", "project")
 BIG_DAY = dt.date(2024, 1, 2)
 # The only home of measured figures: rewritten by every measuring run, never edited by hand.
 REPORT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -129,78 +131,106 @@ def run_project(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> N
         raise RuntimeError(f"the run failed, not only holding days: {crashes[0].step_failure_data.error}")
 
 
-def run_spark(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
-    """The project's transformation and writes with PySpark and delta-rs only, no Dagster."""
-    import functools
-
-    import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
-
+def floor_settings() -> dict:
+    """What the idiomatic floor shares with the project, computed by the harness so that the floor
+    imports none of it: the embedded session's Spark settings, the gate bounds, the watermark."""
     from pipeline_patterns.defs.checks import QualityGates
-    from pipeline_patterns.defs.partitions import REGIONS, region_key
     from pipeline_patterns.defs.resources import spark_config
-    from pipeline_patterns.lib import landing
-    from pipeline_patterns.lib.day_window import DayWindow
-    from pipeline_patterns.lib.delta_writes import per_day
-    from pipeline_patterns.lib.fan_in import GLOBAL_SCHEMA, daily_revenue_frame, global_orders_frame, held_days
-    from pipeline_patterns.lib.late_data import rehomed_frame
-    from pipeline_patterns.lib.orders import DAILY_REVENUE_SCHEMA, REGIONAL_SCHEMA, regional_orders_frame
-    from pipeline_patterns.lib.quarantine import QUARANTINE_SCHEMA, clean_frame, judge_days, quarantined_frame
-    from pipeline_patterns.lib.simulated_feed import RECORD_FIELDS, usd_rate
-    from pipeline_patterns.lib.spark_tables import read_window, write_window
+
+    gates = QualityGates()
+    return {
+        "spark": spark_config(),
+        "min_orders": gates.min_orders_per_day,
+        "max_orders": gates.max_orders_per_day,
+        "lateness": gates.allowed_lateness_days,
+    }
+
+
+def run_idiomatic(landing_root: pathlib.Path, data_dir: pathlib.Path, window, settings: dict) -> None:
+    """The pipeline as a data engineer would first write it in PySpark, without the project's library
+    (the simulator's FX rates imported as data only): read, newest delivery, gate, convert, aggregate."""
+    import json
+
+    from pyspark.sql import SparkSession, Window
+    from pyspark.sql import functions as F
+
+    from pipeline_patterns.lib.simulated_feed import BASE_USD_RATES, usd_rate
 
     builder = SparkSession.builder
-    for key, value in spark_config().items():
+    for key, value in settings["spark"].items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    lake = data_dir / "lake"
-    gates = QualityGates()  # the production gates, as the project's run has them
-    currencies = gates.known_currencies
-    lateness = gates.allowed_lateness_days
-    days = [d.isoformat() for d in window.days]
-    clean_rows, quarantined = {}, {}
-    for region in REGIONS:
-        settings = gates.settings(region)
-        landed = landing.inspect_days(landing_root, region, window.days, columns=list(RECORD_FIELDS))
-        files = [file for day in landed for file in day.files]
-        staged = regional_orders_frame(spark, files).repartition("day").persist()
-        verdicts = judge_days(staged, landed, settings=settings, allowed_lateness=lateness)
-        uri = str(lake / "regional_orders" / region_key(region))
-        write_window(clean_frame(staged, verdicts, lateness), uri, window, REGIONAL_SCHEMA, clustered=True)
-        write_window(
-            quarantined_frame(staged, verdicts, "floor", dt.datetime.now(dt.UTC)),
-            str(lake / "quarantined_orders" / region_key(region)),
-            window,
-            QUARANTINE_SCHEMA,
-            clustered=True,
+    first, last, lateness = window.start.isoformat(), window.end.isoformat(), settings["lateness"]
+    files = [
+        str(manifest.parent / name)
+        for manifest in sorted(landing_root.glob("*/*/_manifest.json"))
+        if first <= manifest.parent.name < last
+        for name in json.loads(manifest.read_text())["files"]
+    ]
+    fields = "order_id user_id region amount currency event_ts batch_id delivered_at".split()
+    raw = spark.read.csv(files, header=True, schema=", ".join(f"{c} STRING" for c in fields))
+    newest = Window.partitionBy("region", "day", "order_id").orderBy(F.desc("delivered_at"), F.desc("batch_id"))
+    orders = (
+        raw.selectExpr(
+            "trim(order_id) AS order_id",
+            "trim(user_id) AS user_id",
+            "regexp_extract(_metadata.file_path, '/([^/]+)/[0-9-]{10}/[^/]+/[^/]+$', 1) AS region",
+            "try_cast(amount AS DOUBLE) AS amount",
+            "upper(trim(currency)) AS currency",
+            "try_to_timestamp(event_ts) AS event_ts",
+            "batch_id",
+            "try_to_timestamp(delivered_at) AS delivered_at",
+            "regexp_extract(_metadata.file_path, '/([0-9-]{10})/[^/]+/[^/]+$', 1) AS day",
         )
-        staged.unpersist()
-        clean_rows[region] = per_day(uri, window)
-        quarantined[region] = {v.day: ",".join(v.failed_checks) for v in verdicts if v.branch == "quarantined"}
-    ready = [d for d in days if d not in held_days(days, REGIONS, clean_rows, quarantined)]
-    delivered = DayWindow(window.start, window.end + dt.timedelta(days=lateness))
-    regional = rehomed_frame(
-        functools.reduce(
-            DataFrame.unionByName,
-            [
-                read_window(spark, str(lake / "regional_orders" / region_key(r)), REGIONAL_SCHEMA, delivered)
-                for r in REGIONS
-            ],
-        ),
-        lateness,
-        ready,
-    ).select(REGIONAL_SCHEMA.names)
-    fx_days = [window.start + dt.timedelta(days=i) for i in range(-3, len(days))]  # late events: 3 days back
-    rates = pa.table(
-        {
-            "currency": [c for c in currencies for _ in fx_days],
-            "fx_day": [d.isoformat() for _ in currencies for d in fx_days],
-            "usd_rate": [usd_rate(c, d) for c in currencies for d in fx_days],
-        }
+        .withColumn("newest", F.row_number().over(newest))
+        .where("newest = 1")
+        .drop("newest")
+        .cache()
     )
-    write_window(global_orders_frame(regional, rates), str(lake / "global_orders"), window, GLOBAL_SCHEMA)
-    orders = read_window(spark, str(lake / "global_orders"), GLOBAL_SCHEMA, window)
-    write_window(daily_revenue_frame(orders), str(lake / "daily_revenue"), window, DAILY_REVENUE_SCHEMA)
+    known = ", ".join(f"'{c}'" for c in BASE_USD_RATES)
+    bad_row = (
+        "order_id IS NULL OR user_id IS NULL OR amount IS NULL OR amount < 0 OR event_ts IS NULL "
+        f"OR delivered_at IS NULL OR currency NOT IN ({known})"
+    )
+    failed = (
+        orders.groupBy("region", "day")
+        .agg(F.count("*").alias("orders"), F.expr(f"count_if({bad_row})").alias("bad"))
+        .where(f"bad > 0 OR orders < {settings['min_orders']} OR orders > {settings['max_orders']}")
+        .select("region", "day")
+        .collect()
+    )
+    dropped = sorted({row["day"] for row in failed})
+    fx_days = [window.start + dt.timedelta(days=i) for i in range(-lateness, (window.end - window.start).days)]
+    rates = spark.createDataFrame(
+        [(c, d.isoformat(), usd_rate(c, d)) for c in BASE_USD_RATES for d in fx_days],
+        "currency string, fx_day string, usd_rate double",
+    )
+    event_day = "date_format(least(to_date(event_ts), to_date(day)), 'yyyy-MM-dd')"
+    global_orders = (
+        orders.join(
+            F.broadcast(spark.createDataFrame(failed, "region string, day string")), ["region", "day"], "left_anti"
+        )
+        .withColumn("event_day", F.expr(event_day))
+        .where(f"datediff(to_date(day), to_date(event_day)) <= {lateness} AND event_day >= '{first}'")
+        .where(~F.col("event_day").isin(dropped))
+        .withColumn("fx_day", F.expr("date_format(event_ts, 'yyyy-MM-dd')"))
+        .join(F.broadcast(rates), ["currency", "fx_day"])
+        .selectExpr(*fields, "usd_rate", "round(amount * usd_rate, 2) AS amount_usd", "event_day AS day")
+    )
+    lake = data_dir / "lake"
+    global_orders.write.mode("overwrite").partitionBy("day").parquet(str(lake / "global_orders"))
+    (
+        spark.read.parquet(str(lake / "global_orders"))
+        .groupBy("day", "region")
+        .agg(
+            F.count("*").alias("orders"),
+            F.round(F.sum("amount_usd"), 2).alias("revenue_usd"),
+            F.countDistinct("user_id").alias("distinct_users"),
+        )
+        .write.mode("overwrite")
+        .partitionBy("day")
+        .parquet(str(lake / "daily_revenue"))
+    )
 
 
 def run_pyarrow(landing_root: pathlib.Path, data_dir: pathlib.Path, window) -> None:
@@ -408,6 +438,8 @@ def measure(variant: str, landing_root: pathlib.Path, days: int, orders_per_day:
             "--data-dir",
             scratch,
         ]
+        if variant == "idiomatic":
+            command += ["--settings", json.dumps(floor_settings())]
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         peak = 0
@@ -622,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ui-click", action="store_true", help="one day twice through dagster dev: cold, warm")
     parser.add_argument("--run", choices=[*VARIANTS, "regional_day", "graph_in_memory"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.days is None:  # the modes below combine into one report; the variants alone by default
         args.days = [] if (args.instance_cost or args.ui_click or args.big_day) else [30, 90]
@@ -629,10 +662,14 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline_patterns.lib.day_window import DayWindow
 
         window = DayWindow(FIRST_DAY, FIRST_DAY + dt.timedelta(days=args.days[0]))
-        runners = {"project": run_project, "spark": run_spark, "pyarrow": run_pyarrow, "regional_day": run_regional_day}
-        runners["graph_in_memory"] = run_graph_in_memory
-        runner = runners[args.run]
-        runner(pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
+        runners: dict[str, Callable[..., None]] = {
+            "project": run_project,
+            "idiomatic": functools.partial(run_idiomatic, settings=args.settings),
+            "pyarrow": run_pyarrow,
+            "regional_day": run_regional_day,
+            "graph_in_memory": run_graph_in_memory,
+        }
+        runners[args.run](pathlib.Path(args.landing), pathlib.Path(args.data_dir), window)
         return 0
     records: list[dict] = []
 
@@ -660,14 +697,16 @@ def main(argv: list[str] | None = None) -> int:
             results = {v: measure(v, landing_root, days, args.orders_per_day) for v in args.variants}
             for result in results.values():
                 emit({**dataclasses.asdict(result), "rows_per_s": result.rows_per_s})
-            if {"project", "spark", "pyarrow"} <= set(results):
-                project, spark, arrow = results["project"], results["spark"], results["pyarrow"]
+            if "project" in results and len(results) > 1:
+                project = results["project"]
                 emit(
                     {
                         "days": days,
-                        "project_over_spark": round(project.wall_s / spark.wall_s, 2),
-                        "project_over_pyarrow": round(project.wall_s / arrow.wall_s, 2),
-                        "overhead_s": round(project.wall_s - spark.wall_s, 1),
+                        **{
+                            f"project_over_{v}": round(project.wall_s / r.wall_s, 2)
+                            for v, r in results.items()
+                            if v != "project"
+                        },
                     }
                 )
     write_report(records, sys.argv[1:] if argv is None else argv)

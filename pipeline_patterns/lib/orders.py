@@ -165,6 +165,9 @@ def regional_orders_frame(
             "coalesce(order_id != _raw_order_id, false) AS _id_changed",  # a raw id the identity changed
             f"{batch_sequence_sql('batch_id')} AS _batch_sequence",
         )
+        # one shuffle, by day: it groups each order's deliveries AND leaves every day in one
+        # task, so a caller's `repartition("day")` costs nothing (Spark drops it)
+        .repartition("day")
         .groupBy("day", "_key")
         .agg(F.expr(f"collect_list(struct({', '.join([*fields, *_DELIVERY_KEYS])}))").alias("_d"))
         .selectExpr("day", f"array_sort(_d, {_NEWEST_FIRST}) AS _d")

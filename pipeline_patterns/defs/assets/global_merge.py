@@ -184,13 +184,15 @@ def fan_in(
     )
     rehomed = rehomed_frame(regional, allowed_lateness, ready).persist()
     try:
-        counts = (
-            rehomed.groupBy("day")
+        # one job: the rows (and late rows) per day, and the (currency, event day) pairs to convert
+        groups = (
+            rehomed.groupBy("day", "currency", F.date_format(F.to_date("event_ts"), "yyyy-MM-dd").alias("fx_day"))
             .agg(F.count("*").alias("rows"), F.sum((F.col("feed_day") != F.col("day")).cast("long")).alias("late"))
-            .collect()
+            .toArrow()
         )
+        counts = groups.group_by("day").aggregate([("rows", "sum"), ("late", "sum")]).to_pylist()
         orders = rehomed.select(REGIONAL_SCHEMA.names)
-        rates = fx_rates_for(context, orders, fx_rates, notifier)
+        rates = fx_rates_for(context, groups.select(["currency", "fx_day"]), fx_rates, notifier)
     except BaseException:  # a retry or a failure: the caller never gets the frame to release
         rehomed.unpersist()
         raise
@@ -198,8 +200,8 @@ def fan_in(
         ready=ready,
         held=held,
         orders=global_orders_frame(orders, rates),
-        rows_per_day={row["day"]: row["rows"] for row in counts},
-        late_per_day={row["day"]: row["late"] for row in counts},
+        rows_per_day={row["day"]: row["rows_sum"] for row in counts},
+        late_per_day={row["day"]: row["late_sum"] for row in counts},
         versions={r: v for r, v in versions.items() if v is not None},
         rehomed=rehomed,
     )
@@ -207,18 +209,12 @@ def fan_in(
 
 def fx_rates_for(
     context: dg.AssetExecutionContext,
-    orders: DataFrame,
+    needed: pa.Table,
     fx_rates: FxRates,
     notifier: Notifier,
 ) -> pa.Table:
-    """The FX rates of every (currency, event day) of `orders`, asked of the FX service a month of
-    days at a time, through its breaker and capped retries. Only the distinct pairs (a few per
-    day) reach the driver."""
-    needed = (
-        orders.select("currency", F.date_format(F.to_date("event_ts"), "yyyy-MM-dd").alias("fx_day"))
-        .distinct()
-        .toArrow()
-    )
+    """The FX rates of every (currency, fx_day) of `needed`, asked of the FX service a month of
+    days at a time, through its breaker and capped retries."""
     currencies = sorted(set(needed["currency"].to_pylist()))
     fx_days = sorted(dt.date.fromisoformat(d) for d in set(needed["fx_day"].to_pylist()))
     parts = [
