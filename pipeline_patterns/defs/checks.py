@@ -160,7 +160,12 @@ def _gate_verdict(region_days: list[RegionDay], rules: list) -> dict:
             **(
                 {}
                 if warning
-                else {"failed_checks": ", ".join(sorted({o.rule for f in failed.values() for o in f})) or "none"}
+                else {
+                    "failed_checks": ", ".join(
+                        r.name for r in rules if any(o.rule == r.name for f in failed.values() for o in f)
+                    )
+                    or "none"
+                }
             ),
             "failing_days": ", ".join(day for day, f in failed.items() if f) or "none",
             **{rule.name: dg.MetadataValue.json(_rule_entry(rule, region_days)) for rule in rules},
