@@ -26,6 +26,7 @@ from pipeline_patterns.defs.resources import build_resources, spark_config
 from pipeline_patterns.defs.sources import FxRates, OrdersSource
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.quarantine import AUDIT_COLUMNS
+from pipeline_patterns.lib.warm_spark import free_port  # noqa: F401 (the tests' servers take their ports from it)
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Small volumes keep the suite fast; the benchmark runs the default volume and more.
@@ -214,12 +215,6 @@ def interruptible(command: list[str]) -> list[str]:
         "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
     )
     return [sys.executable, "-c", restore, *command]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
