@@ -212,6 +212,25 @@ def test_spark_reads_exactly_the_snapshot_not_the_folder(spark, tmp_path):
     assert read_window(spark, str(tmp_path / "none"), SCHEMA).count() == 0
 
 
+class Uncomputed:
+    """A frame that fails if anything computes it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the frame was computed ({name})")
+
+
+def test_a_window_counted_empty_is_emptied_without_computing_its_frame(tmp_path):
+    uri = str(tmp_path / "t")
+    empty = {d.isoformat(): 0 for d in days(1, 2).days}
+    write_window(Uncomputed(), uri, days(1, 2), SCHEMA, rows_per_day=empty)  # a new table: created empty
+    assert read_table(uri).num_rows == 0 and DeltaTable(uri).schema().to_arrow().names == SCHEMA.names
+    committed(uri, "staged-seed", rows(days(0, 4), "seed"), days(0, 4))
+    for _ in range(2):  # the window's days emptied, the others kept; a replay changes no content
+        write_window(Uncomputed(), uri, days(1, 2), SCHEMA, rows_per_day=empty)
+        expected = pa.concat_tables([rows(days(0, 1), "seed"), rows(days(3, 1), "seed")])
+        assert content_hash(read_table(uri)) == content_hash(expected)
+
+
 def test_lake_vacuum_lists_then_removes_a_killed_writers_files(tmp_path, monkeypatch, capsys):
     uri = str(tmp_path / "lake" / "global_orders")
     committed(uri, "staged-a", rows(days(0, 2), "kept"), days(0, 2))

@@ -41,10 +41,14 @@ def write_window(
     """Replace exactly `window` of the Delta table at `uri` with `frame`'s rows (columns as
     `schema`), in one transaction: the executors write, this process commits (`commit_staged`,
     which checks the files first). One file per day: the rows of a day are brought to one task,
-    unless `clustered` says they already are (`frame.repartition(partition_column)` upstream)."""
-    staging = stage_window(
-        frame, uri, schema, partition_column=partition_column, clustered=clustered, storage_options=storage_options
-    )
+    unless `clustered` says they already are (`frame.repartition(partition_column)` upstream).
+    `rows_per_day` all zero: the window is emptied without computing `frame` (no Spark job)."""
+    if rows_per_day is not None and not any(rows_per_day.values()):
+        staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"  # no file: the commit removes the window's files
+    else:
+        staging = stage_window(
+            frame, uri, schema, partition_column=partition_column, clustered=clustered, storage_options=storage_options
+        )
     return commit_staged(
         uri,
         staging,
