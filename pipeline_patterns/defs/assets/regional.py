@@ -232,9 +232,13 @@ def with_left_days(
     (a correction may move an order out of a published day: that day must be re-run too). The
     earlier deliveries: the clean table's feed days before the window, and the window's own."""
     start = max(window.start - dt.timedelta(days=lateness), daily_partitions.start.date())
+    before = DayWindow(start, window.start) if lateness and start < window.start else None
+    earlier = before is not None and bool(lake.per_day(clean_key, before))
+    if not lateness or (len(window.days) == 1 and not earlier):
+        return region_days  # no earlier delivery a feed day could re-deliver: no Spark job
     frames = [clean_frame(staged, region_days, lateness)]  # the window's clean rows, as about to be written
-    if lateness and start < window.start:
-        frames.append(lake.frame(session, clean_key, REGIONAL_SCHEMA, DayWindow(start, window.start)))
+    if earlier and before:
+        frames.append(lake.frame(session, clean_key, REGIONAL_SCHEMA, before))
     left = left_days(staged, functools.reduce(DataFrame.unionByName, frames), lateness)
     merged = []
     for d in region_days:
