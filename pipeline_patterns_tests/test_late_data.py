@@ -13,13 +13,17 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
+from pipeline_patterns.defs.assets.regional import with_left_days
 from pipeline_patterns.defs.checks import QualityGates
+from pipeline_patterns.defs.lake import Lake
 from pipeline_patterns.defs.late_data import late_data_rehomes_days, rehome_requests, stale_days
 from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, region_key
 from pipeline_patterns.lib import landing
+from pipeline_patterns.lib.day_window import DayWindow
 from pipeline_patterns.lib.delta_writes import content_hash, read_table
 from pipeline_patterns.lib.late_data import event_day, late_day_counts, newest_deliveries, rehomed_frame
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA
+from pipeline_patterns.lib.quarantine import RegionDay
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_deliveries, region_day_files
 from pipeline_patterns.replay import verify_range
 from pipeline_patterns_tests.helpers import (
@@ -105,6 +109,22 @@ def test_an_event_just_after_its_feed_days_end_counts_with_its_feed_day():
     assert event_day(times, pa.array(["2024-01-04", "2024-01-04"])).to_pylist() == ["2024-01-04", "2024-01-02"]
     assert late_day_counts(as_table(DELIVERIES[2:3]), "2024-01-05", 2) == (1, {})
     assert late_day_counts(as_table(DELIVERIES[2:3]), "2024-01-05", 3) == (0, {"2024-01-02": 1})
+
+
+class Uncomputed:
+    """A frame or session that fails if anything computes it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"Spark was used ({name})")
+
+
+def test_a_one_day_window_without_earlier_deliveries_looks_for_no_redelivery(tmp_path):
+    lake = Lake(uri=str(tmp_path / "lake"))
+    day = RegionDay("2024-01-05", rows=3, outcomes=[], landed=3, duplicates=0, superseded=0, late_days={"x": 1})
+    key, window = dg.AssetKey(["regional_orders", "us_east"]), DayWindow(dt.date(2024, 1, 5), dt.date(2024, 1, 6))
+    # nothing written before it: no order of the window can take one away from an earlier day
+    assert with_left_days(Uncomputed(), lake, key, Uncomputed(), [day], window, 3) == [day]
+    assert with_left_days(Uncomputed(), lake, key, Uncomputed(), [day], window, 0) == [day]
 
 
 def test_the_executors_rehoming_equals_the_arrow_rule_across_batch_boundaries(spark):

@@ -233,12 +233,12 @@ def with_left_days(
     earlier deliveries: the clean table's feed days before the window, and the window's own."""
     start = max(window.start - dt.timedelta(days=lateness), daily_partitions.start.date())
     before = DayWindow(start, window.start) if lateness and start < window.start else None
-    earlier = before is not None and bool(lake.per_day(clean_key, before))
+    earlier = before if before and lake.per_day(clean_key, before) else None  # None: no clean row there
     if not lateness or (len(window.days) == 1 and not earlier):
         return region_days  # no earlier delivery a feed day could re-deliver: no Spark job
     frames = [clean_frame(staged, region_days, lateness)]  # the window's clean rows, as about to be written
-    if earlier and before:
-        frames.append(lake.frame(session, clean_key, REGIONAL_SCHEMA, before))
+    if earlier:
+        frames.append(lake.frame(session, clean_key, REGIONAL_SCHEMA, earlier))
     left = left_days(staged, functools.reduce(DataFrame.unionByName, frames), lateness)
     merged = []
     for d in region_days:
