@@ -20,7 +20,7 @@ from pipeline_patterns.defs.partitions import REGIONS
 from pipeline_patterns.lib import landing
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.quarantine import RegionDay, judge
-from pipeline_patterns.lib.rules import RULES, DayJudge, GateSettings, RuleOutcome, evaluate_day
+from pipeline_patterns.lib.rules import REPEATS, RULES, DayJudge, GateSettings, RuleOutcome, evaluate_day
 from pipeline_patterns.lib.simulated_feed import FeedSettings, region_day_defects
 from pipeline_patterns_tests.helpers import (
     TEST_MIN_ORDERS,
@@ -105,6 +105,14 @@ def test_a_day_judged_in_batches_gets_the_verdicts_of_the_day_judged_at_once():
         judge.add(pa.Table.from_batches([batch]))
     assert judge.outcomes() == evaluate_day(day, DAY, SETTINGS)
     assert not next(o for o in judge.outcomes() if o.rule == "order_id_unique").passed
+    # the same day with each row's count of its id over the whole day (REPEATS, as judge_days'
+    # window adds it): the judge keeps no id, and its verdicts are the same
+    ids = day["order_id"].to_pylist()
+    counted = day.append_column(REPEATS, pa.array([ids.count(i) if i else 1 for i in ids], pa.int64()))
+    from_counts = DayJudge(DAY, SETTINGS)
+    for batch in counted.to_batches(max_chunksize=4):
+        from_counts.add(pa.Table.from_batches([batch]))
+    assert from_counts.outcomes() == judge.outcomes() and not from_counts._ids
 
 
 def test_every_rule_has_a_failing_example():

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from pyspark.errors import PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from pipeline_patterns.lib.landing import LandedDay, changed_during_read
 from pipeline_patterns.lib.late_data import (
@@ -22,7 +23,7 @@ from pipeline_patterns.lib.late_data import (
     too_late_reason,
 )
 from pipeline_patterns.lib.orders import REGIONAL_SCHEMA, STAGED_SCHEMA
-from pipeline_patterns.lib.rules import SAMPLES, DayJudge, GateSettings, RuleOutcome, blocking_failures
+from pipeline_patterns.lib.rules import REPEATS, DayJudge, GateSettings, RuleOutcome, blocking_failures
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -167,40 +168,27 @@ def judge_days(
 ) -> list[RegionDay]:
     """`judge` every day of `landed`, on the executors: each day's rows reach one Python worker
     as a stream of Arrow batches (memory: one batch, whatever the day's size); only the verdicts
-    come back. Spark counts repeated order ids over whole days first. A day without any row is
-    judged here."""
+    come back. Each row carries its order id's count over the whole day (`REPEATS`, a window over
+    the day's partition: no shuffle). A day without any row is judged here."""
     by_day = {d.day: d for d in landed}
-    repeated: dict[str, tuple[int, list[str]]] = {}
+    judged_schema = pa.schema([*STAGED_SCHEMA, pa.field(REPEATS, pa.int64())])
 
     def judge_group(key: tuple, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         day = key[0].as_py()
-        tables = (pa.Table.from_batches([b]).select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA) for b in batches)
+        tables = (pa.Table.from_batches([b]).select(judged_schema.names).cast(judged_schema) for b in batches)
         verdict = judge(
             day,
             tables,
             landed=by_day[day],
             settings=settings,
-            repeated=repeated.get(day, (0, [])),
             allowed_lateness=allowed_lateness,
             first_day=first_day,
         )
         yield pa.RecordBatch.from_pydict({"day": [day], "verdict": [verdict.to_json()]})
 
-    try:  # the first job reads the landed files
-        for row in (
-            staged.where(F.col("order_id").isNotNull())
-            .groupBy("day", "order_id")
-            .count()
-            .where("count > 1")
-            .groupBy("day")
-            .agg(
-                F.sum("count").alias("rows"),
-                F.slice(F.array_sort(F.collect_list("order_id")), 1, SAMPLES).alias("sample"),
-            )
-            .collect()
-        ):
-            repeated[row["day"]] = (row["rows"], row["sample"])
-        verdicts = staged.groupBy("day").applyInArrow(judge_group, "day string, verdict string").toArrow()
+    counted = staged.withColumn(REPEATS, F.count(F.lit(1)).over(Window.partitionBy("day", "order_id")))
+    try:  # the job reads the landed files
+        verdicts = counted.groupBy("day").applyInArrow(judge_group, "day string, verdict string").toArrow()
     except PythonException as error:  # a landed file changed after the inspection: its message, not a trace
         changed = changed_during_read(error)
         if changed is None:

@@ -305,6 +305,10 @@ def shown(key: str | None) -> str:
     return text if len(text) <= SHOWN_KEY_LENGTH else f"{text[: SHOWN_KEY_LENGTH - 1]}… ({len(text):,} characters)"
 
 
+REPEATS = "_repeats"
+"""A column Spark adds to the rows it judges: the rows of the whole day with the row's order id."""
+
+
 def _smallest(keys: Iterable[str | None]) -> list[str | None]:
     """The SAMPLES smallest ids, missing ones last: the reason is part of the content, so the
     samples must not depend on the order Spark delivers rows in."""
@@ -313,9 +317,9 @@ def _smallest(keys: Iterable[str | None]) -> list[str | None]:
 
 class DayJudge:
     """Judges one region-day fed in batches: memory is one batch's, whatever the day's size.
-    `repeated` is the day's repeated order ids (rows, smallest samples) when counted elsewhere
-    (Spark counts them over the whole day); without it the judge counts them itself, holding the
-    ids (fine for small days and tests)."""
+    `repeated` is the day's repeated order ids (rows, smallest samples) when counted elsewhere;
+    rows that carry `REPEATS` (Spark's count over the whole day) are counted from it; else the
+    judge counts them itself, holding the ids (fine for small days and tests)."""
 
     def __init__(
         self,
@@ -330,8 +334,15 @@ class DayJudge:
         self.samples: dict[str, list[str | None]] = {name: [] for name in self.failing}
         self.details: dict[str, dict] = {}
         self._ids: list[pa.Array] = []
+        self._counted: tuple[int, list[str | None]] | None = None  # from REPEATS
 
     def add(self, orders: pa.Table) -> None:
+        if REPEATS in orders.column_names:
+            repeated = pc.and_(pc.is_valid(orders["order_id"]), pc.greater(orders[REPEATS], 1))
+            ids = orders["order_id"].filter(repeated)
+            rows, sample = self._counted or (0, [])
+            self._counted = rows + len(ids), _smallest({*sample, *pc.unique(ids).to_pylist()})
+            orders = orders.drop_columns([REPEATS])
         self.columns = {f.name: str(f.type) for f in orders.schema}
         if orders.num_rows == 0:
             return
@@ -339,7 +350,7 @@ class DayJudge:
         newest = pc.max(orders["event_ts"])
         if newest.is_valid and (self.newest is None or pc.greater(newest, self.newest).as_py()):
             self.newest = newest
-        if self.repeated is None:
+        if self.repeated is None and self._counted is None:
             self._ids.append(orders["order_id"].combine_chunks())
         for rule in RULES:
             if isinstance(rule, RowRule):
@@ -356,7 +367,12 @@ class DayJudge:
                     self.samples[rule.name] = _smallest([*self.samples[rule.name], *ids])
 
     def facts(self) -> DayFacts:
-        repeated = self.repeated or _repeated(pa.chunked_array(self._ids, pa.string()))
+        if self.repeated is not None:
+            repeated = self.repeated
+        elif self._counted is not None:
+            repeated = self._counted[0], [shown(k) for k in self._counted[1]]
+        else:
+            repeated = _repeated(pa.chunked_array(self._ids, pa.string()))
         return DayFacts(self.rows, self.newest, repeated[0], list(repeated[1]), self.columns, self.landed)
 
     def outcomes(self) -> list[RuleOutcome]:
