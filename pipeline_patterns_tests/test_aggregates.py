@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline_patterns.defs.automation import aggregates_follow_days, monthly_revenue_job
-from pipeline_patterns.defs.partitions import REGIONS, monthly_partitions
+from pipeline_patterns.defs.partitions import REGIONS, daily_partitions, monthly_partitions, region_key
 from pipeline_patterns.lib import aggregates
 from pipeline_patterns.lib.delta_writes import read_table
 from pipeline_patterns.lib.simulated_feed import FeedSettings, add_corrections, region_day_defects
@@ -189,6 +189,7 @@ class January:
     waiting: str  # the tick after it: what the sensor waits for
     loop: list[set]  # the ticks while January stays incomplete: a promote, a rollback, fix-up blocks
     completed: set  # the tick after the last fix-up block
+    fixed: dict  # after the fix-up blocks: global_orders' days, every region's quarantined rows
     caught_up: set  # the tick after the runs it requested
 
 
@@ -216,8 +217,19 @@ def january(spark, tmp_path_factory) -> January:
         assert materialize(data_dir, instance, **days).success
         loop.append(sensor.tick())
     completed = loop.pop()
+    fixed = {
+        "days": set(lake(data_dir, "global_orders")["day"].to_pylist()),
+        "quarantined": sum(lake(data_dir, f"quarantined_orders/{region_key(r)}").num_rows for r in REGIONS),
+        "status": instance.get_status_by_partition(dg.AssetKey("global_orders"), held_days(), daily_partitions),
+    }
     run_requested(data_dir, instance, completed)
-    return January(data_dir, instance, sensor, held, refused, refused_wrote, waiting, loop, completed, sensor.tick())
+    return January(
+        data_dir, instance, sensor, held, refused, refused_wrote, waiting, loop, completed, fixed, sensor.tick()
+    )
+
+
+def held_days() -> list[str]:
+    return sorted({d for _, d in BAD})
 
 
 def test_the_default_january_has_bad_region_days():
@@ -261,8 +273,14 @@ def test_revenue_summary_covers_the_trailing_30_days(january):
         assert row["days_with_data"] == 30 and row["orders"] == pc.sum(mine["orders"]).as_py()
 
 
+def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(january):
+    assert january.fixed["days"] == {d.isoformat() for d in JANUARY}
+    assert january.fixed["quarantined"] == 0
+    assert january.fixed["status"] == {d: dg.AssetPartitionStatus.MATERIALIZED for d in held_days()}
+
+
 def test_a_month_launched_by_hand_with_a_missing_day_fails_naming_it(january):
-    held = sorted({d for _, d in BAD})
+    held = held_days()
     failure = next(e for e in january.refused.all_events if e.event_type_value == "STEP_FAILURE")
     assert f"{len(held)} of 31 days lack daily_revenue ({', '.join(held)})" in str(failure.event_specific_data.error)
     assert not january.refused_wrote

@@ -137,17 +137,6 @@ def test_rerunning_overlapping_ranges_in_another_order_leaves_identical_content(
     assert lake_hashes(tmp_path) == lake_hashes(data_dir)
 
 
-def test_a_fix_up_backfill_of_the_held_days_after_corrections_turns_them_green(spark, tmp_path):
-    instance = dg.DagsterInstance.ephemeral()
-    corrected = [f"{r} {d}" for r, d in sorted(BAD)]
-    for day in HELD:  # "backfill only failed and missing": each held day is its own block here
-        assert materialize(tmp_path, instance, partition=day, corrected=corrected).success
-    orders = lake_table(tmp_path, "global_orders")
-    assert sorted(set(orders["day"].to_pylist())) == HELD
-    for region in REGIONS:
-        assert lake_table(tmp_path, f"quarantined_orders/{region_key(region)}").num_rows == 0
-
-
 def test_every_check_has_a_verdict_for_every_day_of_the_range(backfill):
     """Dagster plans each check for each day of the range: every planned day gets its verdict (none
     left in progress or "execution failed"), each day's gate verdict carries each rule's outcome."""
