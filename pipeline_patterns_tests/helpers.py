@@ -3,6 +3,7 @@ and fast retry and breaker timings (production timings would make the suite slee
 
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import shutil
@@ -17,7 +18,7 @@ import dagster as dg
 import pyarrow as pa
 from dagster_pyspark import PySparkResource
 
-from pipeline_patterns.definitions import assets_and_checks, defs
+from pipeline_patterns import definitions
 from pipeline_patterns.defs.checks import QUALITY_GATES, QualityGates
 from pipeline_patterns.defs.late_data import rehome_requests
 from pipeline_patterns.defs.partitions import REGIONS, region_key
@@ -123,9 +124,15 @@ def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, obj
     }
 
 
+# The code location's definitions, loaded once per test process (each load costs ~0.2 s and a run
+# or sensor test needs them a hundred times); the tests give them their own resources.
+loaded_defs = functools.cache(definitions.defs)
+assets_and_checks = functools.cache(definitions.assets_and_checks)
+
+
 def pipeline_defs(data_dir: pathlib.Path, **source_config) -> dg.Definitions:
     """The project's definitions over a data dir of the test's own."""
-    loaded = defs()
+    loaded = loaded_defs()
     return dg.Definitions(
         assets=list(loaded.assets or []),
         asset_checks=list(loaded.asset_checks or []),
