@@ -189,7 +189,7 @@ class January:
     waiting: str  # the tick after it: what the sensor waits for
     loop: list[set]  # the ticks while January stays incomplete: a promote, a rollback, fix-up blocks
     completed: set  # the tick after the last fix-up block
-    fixed: dict  # after the fix-up blocks: global_orders' days, every region's quarantined rows
+    fixed: dict  # after the fix-up blocks: global_orders' days and held days' status, quarantined rows
     caught_up: set  # the tick after the runs it requested
 
 
