@@ -107,6 +107,13 @@ def resilient(data_dir: pathlib.Path) -> dict[str, object]:
     return {"breaker": fast_breaker(data_dir), "retries": FAST_RETRIES}
 
 
+class Uncomputed:
+    """Stands for a Spark frame or session that must not be used: fails on any use."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"Spark was used ({name})")
+
+
 def pipeline_resources(data_dir: pathlib.Path, **source_config) -> dict[str, object]:
     return {
         **build_resources(data_dir),

@@ -23,6 +23,7 @@ from pipeline_patterns.lib.delta_writes import (
     vacuum_orphans,
 )
 from pipeline_patterns.lib.spark_tables import read_window, write_window
+from pipeline_patterns_tests.helpers import Uncomputed
 
 SCHEMA = pa.schema(
     [
@@ -210,13 +211,6 @@ def test_spark_reads_exactly_the_snapshot_not_the_folder(spark, tmp_path):
         rows(days(0, 3), "v0")
     )
     assert read_window(spark, str(tmp_path / "none"), SCHEMA).count() == 0
-
-
-class Uncomputed:
-    """A frame that fails if anything computes it."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the frame was computed ({name})")
 
 
 def test_a_window_counted_empty_is_emptied_without_computing_its_frame(tmp_path):

@@ -29,6 +29,7 @@ from pipeline_patterns.replay import verify_range
 from pipeline_patterns_tests.helpers import (
     TEST_MIN_ORDERS,
     TEST_ORDERS_PER_DAY,
+    Uncomputed,
     catch_up_late_data,
     materialize,
     pipeline_defs,
@@ -109,13 +110,6 @@ def test_an_event_just_after_its_feed_days_end_counts_with_its_feed_day():
     assert event_day(times, pa.array(["2024-01-04", "2024-01-04"])).to_pylist() == ["2024-01-04", "2024-01-02"]
     assert late_day_counts(as_table(DELIVERIES[2:3]), "2024-01-05", 2) == (1, {})
     assert late_day_counts(as_table(DELIVERIES[2:3]), "2024-01-05", 3) == (0, {"2024-01-02": 1})
-
-
-class Uncomputed:
-    """A frame or session that fails if anything computes it."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"Spark was used ({name})")
 
 
 def test_a_one_day_window_without_earlier_deliveries_looks_for_no_redelivery(tmp_path):
