@@ -104,6 +104,9 @@ def test_runs_share_one_warm_server_a_server_lost_mid_run_fails_that_run_and_sig
         assert (first["status"], second["status"]) == ("SUCCESS", "SUCCESS")
         assert server and warm_spark.read_state(state_dir) == server
         assert jvms(state_dir) == [server.jvm.pid], "one JVM for both runs"
+        found = server_processes(state_dir).items()
+        daemons = [pid for pid, c in found if "pyspark.daemon" in c and warm_spark.parent_pid(pid) == server.jvm.pid]
+        assert len(daemons) == 1, f"one session, one pool of Python workers for both runs: {daemons}"
         assert (state_dir / "server.log").read_text().count("started the Spark Connect server") == 1
         assert lake_hashes(data_dir) == lake_hashes(clean_days.data_dir), "what the embedded session writes"
 

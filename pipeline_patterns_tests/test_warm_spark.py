@@ -21,6 +21,19 @@ def test_the_state_file_round_trips_and_anything_incomplete_reads_as_no_server()
         assert warm_spark.parse_state(text) is None, text
 
 
+def test_runs_share_one_session_per_server_and_version_of_the_code(tmp_path):
+    (tmp_path / "lib").mkdir()
+    code = tmp_path / "lib" / "rules.py"
+    code.write_text("RULES = 1\n")
+    shared = warm_spark.session_id(STATE, tmp_path)
+    assert warm_spark.session_id(STATE, tmp_path) == shared, "the next run joins the same session"
+    assert str(warm_spark.uuid.UUID(shared, version=4)) == shared, "Spark Connect takes only a UUID"
+    restarted = warm_spark.ServerState(STATE.port, warm_spark.Proc(12, 900), STATE.watchdog)
+    assert warm_spark.session_id(restarted, tmp_path) != shared, "a new server, a new session"
+    code.write_text("RULES = 2\n")
+    assert warm_spark.session_id(STATE, tmp_path) != shared, "edited code: no worker of the old session runs it"
+
+
 def test_the_watchdog_stops_the_server_when_dagster_dev_is_gone_or_no_run_used_it_for_the_idle_timeout():
     idle = {"idle_timeout_s": 600.0, "watched_alive": True}
     assert warm_spark.stop_reason(now=1000, last_busy=500, in_use=False, **idle) is None

@@ -106,7 +106,8 @@ class SparkResource(PySparkResource):
                 return super().can_retry(e)
 
         # the policy first, so that no call (not even the session's settings) waits on a dead server
-        session = spark_session_from_config({"spark.remote": lease.state.url})
+        shared = warm_spark.session_id(lease.state, Path(__file__).resolve().parents[1])
+        session = spark_session_from_config({"spark.remote": f"{lease.state.url}/;session_id={shared}"})
         session.client.set_retry_policies([WhileServerLives()])
         for key, value in self.spark_config.items():
             session.conf.set(key, value)
@@ -114,8 +115,7 @@ class SparkResource(PySparkResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._lease:
-            if warm_spark.alive(self._lease.state.jvm):
-                self.spark_session.stop()  # frees what the run cached in the server
+            self.spark_session.client.close()  # the session stays: the next run's, with its Python workers
             self._lease.release()
 
 

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO
 
@@ -88,6 +90,16 @@ class ServerState:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
+
+
+def session_id(state: ServerState, code_dir: pathlib.Path) -> str:
+    """The Spark Connect session that every run of one server and one version of the code shares:
+    Spark starts Python workers per session (~2 s a run otherwise), and a code change gets a new
+    session, so no reused worker runs old code."""
+    files = sorted(code_dir.rglob("*.py"))
+    code = [f"{f.relative_to(code_dir)}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files]
+    digest = hashlib.sha256(json.dumps([state.port, dataclasses.asdict(state.jvm), code]).encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def parse_state(text: str) -> ServerState | None:
