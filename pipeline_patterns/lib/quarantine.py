@@ -114,7 +114,6 @@ def judge(
     *,
     landed: LandedDay,
     settings: GateSettings,
-    repeated: tuple[int, list[str]] | None = None,
     allowed_lateness: int = 3,
     first_day: str = "",
 ) -> RegionDay:
@@ -122,7 +121,7 @@ def judge(
     what the landing zone holds for the day (its records, drifted and refused files); its rows'
     lateness is counted against `allowed_lateness` (lib/late_data.py), and those whose event day
     precedes `first_day` (the first partition, 'YYYY-MM-DD') counted apart."""
-    gate = DayJudge(dt.date.fromisoformat(day), settings, landed, repeated)
+    gate = DayJudge(dt.date.fromisoformat(day), settings, landed)
     duplicates = superseded = too_late = normalised = 0
     late_days: dict[str, int] = {}
     for batch in batches:
@@ -199,9 +198,7 @@ def judge_days(
         for d, v in zip(verdicts["day"].to_pylist(), verdicts["verdict"].to_pylist(), strict=True)
     }
     for day in set(by_day) - set(judged):
-        empty = judge(
-            day, [], landed=by_day[day], settings=settings, repeated=(0, []), allowed_lateness=allowed_lateness
-        )
+        empty = judge(day, [], landed=by_day[day], settings=settings, allowed_lateness=allowed_lateness)
         judged[day] = RegionDay.from_json(empty.to_json())  # as the executors' verdicts travel
     return [judged[d.day] for d in landed]
 

@@ -317,18 +317,16 @@ def _smallest(keys: Iterable[str | None]) -> list[str | None]:
 
 class DayJudge:
     """Judges one region-day fed in batches: memory is one batch's, whatever the day's size.
-    `repeated` is the day's repeated order ids (rows, smallest samples) when counted elsewhere;
-    rows that carry `REPEATS` (Spark's count over the whole day) are counted from it; else the
-    judge counts them itself, holding the ids (fine for small days and tests)."""
+    Repeated order ids are counted from `REPEATS` when the rows carry it (Spark's count over the
+    whole day); else the judge counts them itself, holding the ids (fine for small days and tests)."""
 
     def __init__(
         self,
         day: dt.date,
         settings: GateSettings,
         landed: LandedDay | None = None,
-        repeated: tuple[int, list[str]] | None = None,
     ):
-        self.day, self.settings, self.landed, self.repeated = day, settings, landed, repeated
+        self.day, self.settings, self.landed = day, settings, landed
         self.rows, self.newest, self.columns = 0, None, {f.name: str(f.type) for f in REGIONAL_SCHEMA}
         self.failing = {r.name: 0 for r in RULES if isinstance(r, RowRule)}
         self.samples: dict[str, list[str | None]] = {name: [] for name in self.failing}
@@ -350,7 +348,7 @@ class DayJudge:
         newest = pc.max(orders["event_ts"])
         if newest.is_valid and (self.newest is None or pc.greater(newest, self.newest).as_py()):
             self.newest = newest
-        if self.repeated is None and self._counted is None:
+        if self._counted is None:
             self._ids.append(orders["order_id"].combine_chunks())
         for rule in RULES:
             if isinstance(rule, RowRule):
@@ -367,9 +365,7 @@ class DayJudge:
                     self.samples[rule.name] = _smallest([*self.samples[rule.name], *ids])
 
     def facts(self) -> DayFacts:
-        if self.repeated is not None:
-            repeated = self.repeated
-        elif self._counted is not None:
+        if self._counted is not None:
             repeated = self._counted[0], [shown(k) for k in self._counted[1]]
         else:
             repeated = _repeated(pa.chunked_array(self._ids, pa.string()))
