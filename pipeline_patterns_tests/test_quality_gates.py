@@ -1,5 +1,6 @@
 """Quality gates block bad region-days, quarantine them with reasons, and lose no row."""
 
+import dataclasses
 import datetime as dt
 import gzip
 
@@ -452,6 +453,10 @@ def test_orders_whose_event_day_precedes_the_first_partition_are_counted_and_rep
         f"2 orders have an event day before the first partition {first} (per feed day: {first}: 2): they are in "
         "the clean table but counted in no global day. To count them, start the daily partitions earlier "
         "(defs/partitions.py) and backfill from there; to drop them, correct the source."
+    )
+    one = dataclasses.replace(verdict, before_first_day=1)
+    assert before_first_day_note([one], first).startswith(
+        f"1 order has an event day before the first partition {first} ("
     )
     on_time = judge(first, [staged(orders(), [0, 0, 0], [0, 0, 0])], landed=landed_records(3), settings=SETTINGS)
     assert on_time.before_first_day == 0 and before_first_day_note([on_time], first) is None

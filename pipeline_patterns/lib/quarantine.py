@@ -210,8 +210,9 @@ def before_first_day_note(region_days: list[RegionDay], first_day: str) -> str |
     if not days:
         return None
     total = sum(d.before_first_day for d in region_days)
+    orders = "1 order has" if total == 1 else f"{total} orders have"
     return (
-        f"{total} orders have an event day before the first partition {first_day} (per feed day: {', '.join(days)}): "
+        f"{orders} an event day before the first partition {first_day} (per feed day: {', '.join(days)}): "
         "they are in the clean table but counted in no global day. To count them, start the daily partitions "
         "earlier (defs/partitions.py) and backfill from there; to drop them, correct the source."
     )
