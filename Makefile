@@ -11,7 +11,7 @@ test:  ## the default lane: unit + the pipeline specs in process
 	pytest
 
 test-all:  ## the default lane, then the integration lane (servers and subprocesses)
-	pytest && pytest -m integration -n 3
+	pytest && pytest -m integration
 
 lint:  ## lint, format, types, and the definitions load
 	ruff check pipeline_patterns pipeline_patterns_tests
